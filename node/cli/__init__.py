@@ -1,0 +1,37 @@
+"""`ainode` command line: one module per command group, each exposing ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module registers its sub-commands. Imported lazily inside the command functions so
+# that `ainode status` does not pay for torch or highdicom.
+_COMMAND_MODULES = [
+    "node.cli.serve_cmd",
+    "node.cli.dicom_cmd",
+    "node.cli.status_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ainode",
+        description="PACS AI node: lung-nodule AI beside a PACS. Results are NOT FOR DIAGNOSTIC USE.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the real DICOM peers the tests and the demo talk to (Debian packages + the OHIF build from npm).
+# Idempotent: skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v /usr/bin/storescu >/dev/null || need+=(dcmtk)
+command -v /usr/sbin/Orthanc >/dev/null || need+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
+command -v gdcmconv >/dev/null || need+=(libgdcm-tools)
+command -v nginx >/dev/null || need+=(nginx)
+command -v chromium >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# OHIF viewer build (dist/) and playwright-core for the browser tests, kept in .peers/ (git-ignored).
+mkdir -p .peers
+if [ ! -f .peers/ohif/dist/index.html ]; then
+  (cd .peers && rm -rf ohif package ohif-app-*.tgz && npm pack -q @ohif/app >/dev/null 2>&1 \
+     && tar xzf ohif-app-*.tgz && mv package ohif && rm -f ohif-app-*.tgz)
+fi
+if [ ! -d .peers/node_modules/playwright-core ]; then
+  (cd .peers && npm install -q --no-audit --no-fund playwright-core >/dev/null 2>&1)
+fi

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up everything (Python deps, DICOM peers) and runs the checks and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/install-peers.sh
+python3 -m ruff check node pipelines tests benchmarks
+python3 -m mypy
+python3 -m pytest "$@"
