@@ -17,13 +17,23 @@ import structlog
 # code never binds them on purpose, but a future log call must not be able to leak them.
 PHI_KEYS = frozenset(
     {
-        "patient_name", "patientname", "PatientName",
-        "patient_id", "patientid", "PatientID",
-        "patient_birth_date", "birth_date", "PatientBirthDate",
-        "accession_number", "accession", "AccessionNumber",
-        "OtherPatientIDs", "OtherPatientNames", "PatientAddress",
+        "patient_name",
+        "patientname",
+        "PatientName",
+        "patient_id",
+        "patientid",
+        "PatientID",
+        "patient_birth_date",
+        "birth_date",
+        "PatientBirthDate",
+        "accession_number",
+        "accession",
+        "AccessionNumber",
+        "OtherPatientIDs",
+        "OtherPatientNames",
+        "PatientAddress",
     }
-)  # fmt: skip
+)
 
 
 def _drop_phi(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -15,17 +15,18 @@ instances_received = Counter(
 )
 bytes_received = Counter("ainode_bytes_received_total", "Dataset bytes stored", ["source"], registry=REGISTRY)
 instances_rejected = Counter(
-    "ainode_instances_rejected_total", "Instances refused with a failure status", ["source", "reason"],
+    "ainode_instances_rejected_total",
+    "Instances refused with a failure status",
+    ["source", "reason"],
     registry=REGISTRY,
-)  # fmt: skip
-associations = Counter(
-    "ainode_associations_total", "DICOM associations by outcome", ["outcome"], registry=REGISTRY
 )
+associations = Counter("ainode_associations_total", "DICOM associations by outcome", ["outcome"], registry=REGISTRY)
 active_associations = Gauge("ainode_associations_active", "Open DICOM associations", registry=REGISTRY)
-series_completed = Counter(
-    "ainode_series_completed_total", "Series judged complete", ["reason"], registry=REGISTRY
-)
+series_completed = Counter("ainode_series_completed_total", "Series judged complete", ["reason"], registry=REGISTRY)
 job_duration = Histogram(
-    "ainode_job_duration_seconds", "Wall time of finished jobs", ["pipeline", "state"],
-    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800), registry=REGISTRY,
-)  # fmt: skip
+    "ainode_job_duration_seconds",
+    "Wall time of finished jobs",
+    ["pipeline", "state"],
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+    registry=REGISTRY,
+)

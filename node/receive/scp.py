@@ -28,6 +28,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -105,8 +106,13 @@ class StorageSCP:
         self._server = self.ae.start_server(
             (self.config.bind_address, self.config.port), block=False, evt_handlers=handlers
         )
-        log.info("scp_listening", ae_title=self.config.ae_title, port=self.port,
-                 allowed_callers=sorted(self._allowed), accept_any_caller=self.config.accept_any_caller)  # fmt: skip
+        log.info(
+            "scp_listening",
+            ae_title=self.config.ae_title,
+            port=self.port,
+            allowed_callers=sorted(self._allowed),
+            accept_any_caller=self.config.accept_any_caller,
+        )
 
     @property
     def port(self) -> int:
@@ -129,7 +135,9 @@ class StorageSCP:
 
     def _on_association_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        calling = str(assoc.requestor.ae_title).strip()
+        # requestor.ae_title is only filled in after this event; the request primitive has it now.
+        primitive = cast(A_ASSOCIATE, assoc.requestor.primitive)
+        calling = str(primitive.calling_ae_title).strip()
         host = str(assoc.requestor.address)
         if self.config.accept_any_caller:
             return
@@ -146,13 +154,19 @@ class StorageSCP:
                 AssociateRejectSource.SERVICE_USER,
                 AssociateRejectReason.CALLING_AE_NOT_RECOGNIZED,
             )
+            # As pynetdicom does for its own rejections: let the DUL flush the A-ASSOCIATE-RJ
+            # before the server closes the socket.
+            assoc.kill()
 
     @staticmethod
     def _on_established(event: evt.Event) -> None:
         metrics.associations.labels(outcome="accepted").inc()
         metrics.active_associations.inc()
-        log.info("association_established", calling_ae=event.assoc.requestor.ae_title.strip(),
-                 peer_host=event.assoc.requestor.address)  # fmt: skip
+        log.info(
+            "association_established",
+            calling_ae=event.assoc.requestor.ae_title.strip(),
+            peer_host=event.assoc.requestor.address,
+        )
 
     @staticmethod
     def _on_closed(event: evt.Event) -> None:
@@ -193,6 +207,10 @@ class StorageSCP:
             return _failure(StoreStatus.PROCESSING_FAILURE, f"Processing failure: {type(exc).__name__}")
         metrics.instances_received.labels(source="dimse", result=stored.result).inc()
         metrics.bytes_received.labels(source="dimse").inc(stored.size_bytes)
-        bound.debug("instance_stored", series_uid=stored.series_uid, sop_instance_uid=stored.sop_instance_uid,
-                    result=stored.result)  # fmt: skip
+        bound.debug(
+            "instance_stored",
+            series_uid=stored.series_uid,
+            sop_instance_uid=stored.sop_instance_uid,
+            result=stored.result,
+        )
         return int(StoreStatus.SUCCESS)

@@ -115,9 +115,12 @@ def _check_native_pixel_length(ds: Dataset) -> None:
         return
     try:
         expected = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
-            * int(ds.BitsAllocated) * int(ds.get("NumberOfFrames", 1) or 1)
-        ) // 8  # fmt: skip
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("SamplesPerPixel", 1))
+            * int(ds.BitsAllocated)
+            * int(ds.get("NumberOfFrames", 1) or 1)
+        ) // 8
     except (AttributeError, TypeError, ValueError) as exc:
         raise InvalidDatasetError(f"image attributes missing or malformed: {exc}") from None
     actual = len(ds.PixelData)
@@ -210,18 +213,30 @@ class InstanceStore:
         digest = hashlib.sha256(dataset_bytes).hexdigest()
         path = self.spool.instance_path(study_uid, series_uid, sop_uid)
         with self._same_uid_lock:
-            existing = self.db.query(
-                "SELECT sha256, path FROM instances WHERE sop_instance_uid = ?", (sop_uid,)
-            )
+            existing = self.db.query("SELECT sha256, path FROM instances WHERE sop_instance_uid = ?", (sop_uid,))
             if existing and existing[0]["sha256"] == digest and Path(existing[0]["path"]).exists():
                 return StoredInstance(
-                    sop_uid, series_uid, study_uid, sop_class, Path(existing[0]["path"]),
-                    len(dataset_bytes), "identical",
-                )  # fmt: skip
+                    sop_uid,
+                    series_uid,
+                    study_uid,
+                    sop_class,
+                    Path(existing[0]["path"]),
+                    len(dataset_bytes),
+                    "identical",
+                )
             self.spool.write_atomically(path, [header_bytes, dataset_bytes])
             result: StoreResult = "replaced" if existing else "new"
-            self._index(ds, path, len(header_bytes) + len(dataset_bytes), digest, sop_class,
-                        str(transfer_syntax), calling_ae, called_ae, result)  # fmt: skip
+            self._index(
+                ds,
+                path,
+                len(header_bytes) + len(dataset_bytes),
+                digest,
+                sop_class,
+                str(transfer_syntax),
+                calling_ae,
+                called_ae,
+                result,
+            )
         return StoredInstance(sop_uid, series_uid, study_uid, sop_class, path, len(dataset_bytes), result)
 
     @staticmethod
@@ -259,10 +274,17 @@ class InstanceStore:
                        study_description, first_received_at, last_received_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(study_uid) DO UPDATE SET last_received_at = excluded.last_received_at""",
-                (study_uid, str(ds.get("PatientName", "")), str(ds.get("PatientID", "")),
-                 str(ds.get("AccessionNumber", "")), str(ds.get("StudyDate", "")),
-                 str(ds.get("StudyDescription", "")), t, t),
-            )  # fmt: skip
+                (
+                    study_uid,
+                    str(ds.get("PatientName", "")),
+                    str(ds.get("PatientID", "")),
+                    str(ds.get("AccessionNumber", "")),
+                    str(ds.get("StudyDate", "")),
+                    str(ds.get("StudyDescription", "")),
+                    t,
+                    t,
+                ),
+            )
             row = conn.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
             if row is None:
                 conn.execute(
@@ -270,10 +292,20 @@ class InstanceStore:
                            series_description, series_number, attributes, calling_ae, called_ae, state,
                            instance_count, first_received_at, last_received_at)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'receiving', 0, ?, ?)""",
-                    (series_uid, study_uid, str(ds.get("Modality", "")), str(ds.get("BodyPartExamined", "")),
-                     str(ds.get("SeriesDescription", "")), _optional_int(ds, "SeriesNumber"),
-                     json.dumps(attributes), calling_ae, called_ae, t, t),
-                )  # fmt: skip
+                    (
+                        series_uid,
+                        study_uid,
+                        str(ds.get("Modality", "")),
+                        str(ds.get("BodyPartExamined", "")),
+                        str(ds.get("SeriesDescription", "")),
+                        _optional_int(ds, "SeriesNumber"),
+                        json.dumps(attributes),
+                        calling_ae,
+                        called_ae,
+                        t,
+                        t,
+                    ),
+                )
             elif row["state"] == "complete":
                 reopen_series(conn, series_uid, t)
             conn.execute(
@@ -293,12 +325,25 @@ class InstanceStore:
                        image_position = excluded.image_position,
                        image_orientation = excluded.image_orientation,
                        received_at = excluded.received_at, replaced_count = replaced_count + 1""",
-                (str(ds.SOPInstanceUID), series_uid, study_uid, sop_class, transfer_syntax, str(path), size,
-                 digest, _optional_int(ds, "InstanceNumber"), json.dumps(ipp) if ipp else None,
-                 json.dumps(iop) if iop else None, _optional_float(ds, "SliceThickness"),
-                 _optional_int(ds, "NumberOfFrames"), _optional_int(ds, "ImagesInAcquisition"),
-                 calling_ae, t),
-            )  # fmt: skip
+                (
+                    str(ds.SOPInstanceUID),
+                    series_uid,
+                    study_uid,
+                    sop_class,
+                    transfer_syntax,
+                    str(path),
+                    size,
+                    digest,
+                    _optional_int(ds, "InstanceNumber"),
+                    json.dumps(ipp) if ipp else None,
+                    json.dumps(iop) if iop else None,
+                    _optional_float(ds, "SliceThickness"),
+                    _optional_int(ds, "NumberOfFrames"),
+                    _optional_int(ds, "ImagesInAcquisition"),
+                    calling_ae,
+                    t,
+                ),
+            )
 
 
 def reopen_series(conn: sqlite3.Connection, series_uid: str, t: float) -> None:

@@ -37,10 +37,15 @@ class Job:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         return cls(
-            id=row["id"], series_uid=row["series_uid"], study_uid=row["study_uid"],
-            generation=row["generation"], pipeline=row["pipeline"], route=row["route"],
-            destinations=tuple(json.loads(row["destinations"])), attempts=row["attempts"],
-        )  # fmt: skip
+            id=row["id"],
+            series_uid=row["series_uid"],
+            study_uid=row["study_uid"],
+            generation=row["generation"],
+            pipeline=row["pipeline"],
+            route=row["route"],
+            destinations=tuple(json.loads(row["destinations"])),
+            attempts=row["attempts"],
+        )
 
 
 def record_transition(
