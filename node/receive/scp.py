@@ -47,21 +47,24 @@ from node.store.ingest import InstanceStore
 
 log = structlog.get_logger(__name__)
 
-# Stored as received: uncompressed and the common compressed syntaxes.
+# Stored as received. pynetdicom accepts the first syntax of *this* list that the sender
+# proposes, so the order is the policy: lossless compressed first (a sender holding a JPEG-LS file
+# then sends it as is instead of decompressing it), then uncompressed, and lossy syntaxes last, so
+# that a sender holding uncompressed pixels is never invited to compress them lossily for us.
 ACCEPTED_TRANSFER_SYNTAXES = [
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    RLELossless,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
     JPEGLSNearLossless,
-    JPEG2000Lossless,
     JPEG2000,
-    RLELossless,
 ]
 
 
