@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class NodeProcess:
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None, *, ae_title: str = "AINODE") -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "node-data"
         self.port = free_port()
         self.ae_title = ae_title
@@ -47,6 +48,12 @@ class NodeProcess:
         self.config_path.write_text(yaml.safe_dump(base))
         self.log_path = workdir / "node.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def reconfigure(self, changes: dict[str, dict[str, Any]]) -> None:
+        """Change settings for the next start (same port, same data dir)."""
+        for section, values in changes.items():
+            self.config.setdefault(section, {}).update(values)
+        self.config_path.write_text(yaml.safe_dump(self.config))
 
     def start(self, timeout_s: float = 30) -> NodeProcess:
         log = self.log_path.open("ab")
