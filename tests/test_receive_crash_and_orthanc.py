@@ -46,8 +46,9 @@ def test_kill_9_during_send_loses_no_acknowledged_instance(tmp_path: Path) -> No
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env(),
         )  # fmt: skip
         # Kill once the node has taken some new instances: mid-send, not before or after it.
+        target = before + 10 + round_number * 5
         wait_until(
-            lambda b=before: node.db().query("SELECT COUNT(*) AS n FROM instances")[0]["n"] >= b + 10 + round_number * 5,
+            lambda t=target: node.db().query("SELECT COUNT(*) AS n FROM instances")[0]["n"] >= t,
             30, "the node to store part of the series",
         )  # fmt: skip
         node.kill()
@@ -84,7 +85,7 @@ def test_orthanc_sends_a_study_to_the_node(tmp_path: Path) -> None:
             assert orthanc.upload_dir(PHILIPS) == 64
             study_id = orthanc.get("/studies")[0]
             t0 = time.monotonic()
-            job = orthanc.post(f"/modalities/node/store", study_id)
+            job = orthanc.post("/modalities/node/store", study_id)
             assert "FailedInstancesCount" not in job or job["FailedInstancesCount"] == 0, job
         series_uid = str(pydicom.dcmread(sorted(PHILIPS.iterdir())[0], stop_before_pixels=True).SeriesInstanceUID)
         row = node.wait_series_state(series_uid, "complete", timeout_s=30)
