@@ -97,6 +97,24 @@ def finish_header(target: pydicom.Dataset, source: pydicom.Dataset, result: Pipe
     # highdicom types software_versions as str | tuple[str]; pydicom wants a list for a multi-valued LO.
     target.SoftwareVersions = software_versions(result)
     copy_character_set(target, source)
+    _drop_incomplete_study_references(target)
+
+
+def _drop_incomplete_study_references(target: pydicom.Dataset) -> None:
+    """highdicom copies the source's ReferencedStudySequence (General Study, Type 3); some sources carry
+    items without ReferencedSOPClassUID (the TCIA Philips series does), which dciodvfy rightly calls an
+    error in our object. Keep only complete items, and drop the optional element when none is left."""
+    if "ReferencedStudySequence" not in target:
+        return
+    complete = [
+        item
+        for item in target.ReferencedStudySequence
+        if item.get("ReferencedSOPClassUID") and item.get("ReferencedSOPInstanceUID")
+    ]
+    if complete:
+        target.ReferencedStudySequence = complete
+    else:
+        del target.ReferencedStudySequence
 
 
 def algorithm_version(result: PipelineResult) -> str:
