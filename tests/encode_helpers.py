@@ -41,13 +41,16 @@ def load_ct(datasets: list[pydicom.Dataset]) -> CTVolume:
     iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
-    ordered = sorted(datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))
+    ordered = sorted(
+        datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient]))
+    )
     positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in ordered])
     dz = float(np.median(np.diff(positions @ normal)))
     dy, dx = (float(v) for v in first.PixelSpacing)
     hu = np.stack(
         [
-            ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+            ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1))
+            + float(ds.get("RescaleIntercept", 0))
             for ds in ordered
         ]
     )
@@ -77,7 +80,11 @@ def sphere_finding(
     rz, ry, rx = (int(np.ceil(radius_mm / s)) + 1 for s in (dz, dy, dx))
     cz, cy, cx = centre_zyx
     start = (max(cz - rz, 0), max(cy - ry, 0), max(cx - rx, 0))
-    stop = (min(cz + rz + 1, volume.shape[0]), min(cy + ry + 1, volume.shape[1]), min(cx + rx + 1, volume.shape[2]))
+    stop = (
+        min(cz + rz + 1, volume.shape[0]),
+        min(cy + ry + 1, volume.shape[1]),
+        min(cx + rx + 1, volume.shape[2]),
+    )
     zz, yy, xx = np.meshgrid(*(np.arange(a, b) for a, b in zip(start, stop, strict=True)), indexing="ij")
     dist2 = ((zz - cz) * dz) ** 2 + ((yy - cy) * dy) ** 2 + ((xx - cx) * dx) ** 2
     mask = dist2 <= radius_mm**2

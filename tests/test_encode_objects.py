@@ -62,7 +62,9 @@ def siemens() -> tuple[list[pydicom.Dataset], CTVolume]:
 
 
 @pytest.fixture(scope="module")
-def encoded(siemens: tuple[list[pydicom.Dataset], CTVolume], tmp_path_factory: pytest.TempPathFactory) -> Encoded:
+def encoded(
+    siemens: tuple[list[pydicom.Dataset], CTVolume], tmp_path_factory: pytest.TempPathFactory
+) -> Encoded:
     sources, volume = siemens
     result = two_nodules(volume)
     # Pass the sources in reverse file order: the encoder must match them by SOP Instance UID.
@@ -224,7 +226,10 @@ def test_sr_without_nodules_says_so(encoded_empty: Encoded) -> None:
     assert _presence(summary) == codes.SCT.Absent
     comments = _comments(summary)
     assert any("no lung nodules found" in c and "NOT FOR DIAGNOSTIC USE" in c for c in comments)
-    assert sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == encoded_empty.sources[0].StudyInstanceUID
+    assert (
+        sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID
+        == encoded_empty.sources[0].StudyInstanceUID
+    )
 
 
 # --- Grad-CAM SC --------------------------------------------------------------------------------------
@@ -311,12 +316,16 @@ def test_uids_derive_from_the_seed(encoded: Encoded) -> None:
 
 def test_write_results_is_atomic_and_named_by_uid(encoded: Encoded) -> None:
     folder = encoded.paths[0].parent
-    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in encoded.datasets)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        f"{ds.SOPInstanceUID}.dcm" for ds in encoded.datasets
+    )
 
 
 # --- bad findings -------------------------------------------------------------------------------------
 @pytest.fixture()
-def small_case(siemens: tuple[list[pydicom.Dataset], CTVolume]) -> Iterator[tuple[list[pydicom.Dataset], CTVolume]]:
+def small_case(
+    siemens: tuple[list[pydicom.Dataset], CTVolume],
+) -> Iterator[tuple[list[pydicom.Dataset], CTVolume]]:
     yield siemens
 
 
@@ -335,7 +344,7 @@ def _expect_error(
 def test_mask_off_the_grid(small_case: tuple[list[pydicom.Dataset], CTVolume], tmp_path: Path) -> None:
     sources, volume = small_case
     good = sphere_finding(volume, 1, (50, 256, 256), 6.0)
-    z, y, x = volume.shape
+    z, _y, _x = volume.shape
     box = VoxelBox(start=(z - 2, 250, 250), stop=(z + 3, 260, 260))  # runs past the last slice
     bad = replace(good, box=box, mask=np.ones(box.shape, dtype=bool), gradcam=None, probability_map=None)
     _expect_error(result_with([good, bad]), volume, sources, tmp_path / "out", "off the source grid")
@@ -368,7 +377,9 @@ def test_volume_not_on_the_source_grid(
     _expect_error(result, shifted, sources, tmp_path / "out", "volume geometry puts it")
 
 
-def test_duplicate_finding_numbers(small_case: tuple[list[pydicom.Dataset], CTVolume], tmp_path: Path) -> None:
+def test_duplicate_finding_numbers(
+    small_case: tuple[list[pydicom.Dataset], CTVolume], tmp_path: Path
+) -> None:
     sources, volume = small_case
     a = sphere_finding(volume, 1, (50, 256, 256), 6.0)
     b = sphere_finding(volume, 1, (30, 200, 200), 6.0)

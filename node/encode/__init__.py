@@ -74,7 +74,11 @@ def _encode(
         outputs.append(seg)
     outputs.append(
         encode_sr(
-            result, checked, seg, uid_seed=uid_seed, series_number=series_number_base + common.SR_SERIES_OFFSET
+            result,
+            checked,
+            seg,
+            uid_seed=uid_seed,
+            series_number=series_number_base + common.SR_SERIES_OFFSET,
         )
     )
     for index, finding in enumerate(result.findings, start=1):

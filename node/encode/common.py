@@ -6,10 +6,9 @@ objects with the same UIDs, so the PACS replaces them instead of holding two cop
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import uuid
 
 import highdicom as hd
 import numpy as np
@@ -167,13 +166,13 @@ def check_inputs(
                 f"volume slice {z} comes from frame {source_slice.frame_number} of a multi-frame image; "
                 "only single-frame source series are supported"
             )
-        ds = by_uid.get(source_slice.sop_instance_uid)
-        if ds is None:
+        match = by_uid.get(source_slice.sop_instance_uid)
+        if match is None:
             raise EncodeError(
                 f"volume slice {z} references SOP Instance {source_slice.sop_instance_uid}, "
                 "which is not among the source instances of the series"
             )
-        ordered.append(ds)
+        ordered.append(match)
 
     first = ordered[0]
     for attr in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
@@ -197,7 +196,7 @@ def check_inputs(
 
 def _check_geometry(volume: CTVolume, ordered: Sequence[pydicom.Dataset]) -> None:
     """The volume's geometry must be the source slices' geometry, or the SEG would not align."""
-    z, rows, columns = volume.shape
+    _z, rows, columns = volume.shape
     for k, ds in enumerate(ordered):
         if int(ds.Rows) != rows or int(ds.Columns) != columns:
             raise EncodeError(
@@ -240,7 +239,9 @@ def _check_finding(finding: Finding, volume: CTVolume) -> None:
         if not np.isfinite(value) or value < 0:
             raise EncodeError(f"finding {n}: {name} {value} is not a finite non-negative number")
     if not 0.0 <= finding.malignancy_probability <= 1.0:
-        raise EncodeError(f"finding {n}: malignancy probability {finding.malignancy_probability} outside [0, 1]")
+        raise EncodeError(
+            f"finding {n}: malignancy probability {finding.malignancy_probability} outside [0, 1]"
+        )
 
 
 def key_slice(finding: Finding) -> int:

@@ -37,7 +37,7 @@ _ORIENTATION_EPSILON = 1e-3
 
 
 def orientation_letters(direction: tuple[float, float, float]) -> str:
-    """PatientOrientation value for a direction: letters of its components, largest first (PS3.3 C.7.6.1.1.1)."""
+    """PatientOrientation value: letters of the direction's components, largest first (PS3.3 C.7.6.1.1.1)."""
     order = np.argsort(-np.abs(np.asarray(direction)))
     letters = ""
     for axis in order:
@@ -66,7 +66,8 @@ def render(volume: CTVolume, finding: Finding, z: int, result: PipelineResult) -
         rgb = rgb * (1.0 - alpha) + colours * alpha
     mask = np.zeros(grey.shape, dtype=bool)
     mask[y0:y1, x0:x1] = finding.mask[z - z0]
-    rgb[find_boundaries(mask, mode="outer")] = OUTLINE_RGB
+    outline = find_boundaries(mask, mode="outer")  # type: ignore[no-untyped-call]  # skimage has no stubs
+    rgb[outline] = OUTLINE_RGB
     image = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), mode="RGB")
     _burn_text(image, finding, result)
     return np.asarray(image, dtype=np.uint8)
@@ -80,7 +81,7 @@ def _burn_text(image: Image.Image, finding: Finding, result: PipelineResult) -> 
         f"Grad-CAM  {result.model.name} {result.model.version}",
     ]
     lines_bottom = [result.disclaimer]
-    line_height = font.size + 4 if isinstance(font, ImageFont.FreeTypeFont) else 14
+    line_height = int(font.size) + 4 if isinstance(font, ImageFont.FreeTypeFont) else 14
     for i, text in enumerate(lines_top):
         _shadowed_text(draw, (TEXT_MARGIN_PX, TEXT_MARGIN_PX + i * line_height), text, font)
     for i, text in enumerate(reversed(lines_bottom)):
@@ -149,4 +150,3 @@ def encode_sc(
     sc.SourceImageSequence = DicomSequence([item])
     common.finish_header(sc, source, result)
     return sc
-

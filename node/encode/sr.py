@@ -55,7 +55,9 @@ def lobe_code(lobe: str | None) -> CodedConcept | None:
 
 def _algorithm(result: PipelineResult) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
-        name=common.model_name(result), version=common.algorithm_version(result), family=common.ALGORITHM_FAMILY
+        name=common.model_name(result),
+        version=common.algorithm_version(result),
+        family=common.ALGORITHM_FAMILY,
     )
 
 
@@ -106,7 +108,9 @@ def _nodule_group(
     measurements = [
         hd.sr.Measurement(name=codes.SCT.LongAxis, value=float(finding.long_axis_mm), unit=mm),
         hd.sr.Measurement(name=codes.SCT.ShortAxis, value=float(finding.short_axis_mm), unit=mm),
-        hd.sr.Measurement(name=codes.SCT.Volume, value=float(finding.volume_mm3), unit=codes.UCUM.CubicMillimeter),
+        hd.sr.Measurement(
+            name=codes.SCT.Volume, value=float(finding.volume_mm3), unit=codes.UCUM.CubicMillimeter
+        ),
         hd.sr.Measurement(
             name=PROBABILITY_OF_CANCER,
             value=float(finding.malignancy_probability),
@@ -218,4 +222,6 @@ def encode_sr(
 
 def nodule_groups(report_groups: Sequence[object]) -> list[object]:
     """Helper for readers: the volumetric (per-nodule) groups of a parsed report."""
-    return [g for g in report_groups if isinstance(g, hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)]
+    return [
+        g for g in report_groups if isinstance(g, hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)
+    ]
