@@ -73,7 +73,7 @@ class _Model(BaseModel):
 
 
 class DimseTls(_Model):
-    """TLS for DICOM (PS3.15 B.1). ``ca_file`` verifies the peer; ``cert_file``/``key_file`` authenticate us."""
+    """TLS for DICOM (PS3.15 B.1): ``ca_file`` verifies the peer, ``cert_file``/``key_file`` identify us."""
 
     ca_file: FilePath | None = None
     cert_file: FilePath | None = None
@@ -103,7 +103,9 @@ class DimseTls(_Model):
 
 class HttpTls(_Model):
     verify: bool = True
-    ca_file: FilePath | None = Field(default=None, description="CA bundle that signed the server certificate.")
+    ca_file: FilePath | None = Field(
+        default=None, description="CA bundle that signed the server certificate."
+    )
 
     def requests_verify(self) -> bool | str:
         """The ``verify`` argument of requests/httpx: False, True or a CA bundle path."""

@@ -11,16 +11,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import structlog
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+from pydicom.uid import UID, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
-from pynetdicom.sop_class import Verification
 
 from node.errors import DeliveryError
 from node.export.destinations import DeliveryReport, DimseDestinationConfig, FileOutcome
@@ -30,6 +28,7 @@ from node.export.failures import Outcome, StoreStatus, classify_store_status
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
+VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
 # PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) per association.
 MAX_PRESENTATION_CONTEXTS = 128
 
@@ -57,7 +56,7 @@ class _AssociationEvents:
     association_response: A_ASSOCIATE | None = None
     abort: A_ABORT | A_P_ABORT | None = None
 
-    def handlers(self) -> list[tuple[evt.EventType, Any]]:
+    def handlers(self) -> list[evt.EventHandlerType]:
         return [(evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_ACSE_RECV, self._on_acse)]
 
     def _on_open(self, event: evt.Event) -> None:
@@ -131,7 +130,9 @@ class DimseDestination:
         return ae
 
     @contextmanager
-    def _associate(self, contexts: Sequence[tuple[UID, UID]]) -> Iterator[tuple[Association, _AssociationEvents]]:
+    def _associate(
+        self, contexts: Sequence[tuple[UID, UID]]
+    ) -> Iterator[tuple[Association, _AssociationEvents]]:
         """An established association or a classified ``DeliveryError``."""
         ae = self._application_entity()
         for sop_class, ts in contexts:
@@ -197,7 +198,7 @@ class DimseDestination:
 
     # --- public API ----------------------------------------------------------------------------
     def ping(self) -> None:
-        with self._associate([(Verification, UID("1.2.840.10008.1.2"))]) as (assoc, _events):
+        with self._associate([(VERIFICATION_SOP_CLASS, ImplicitVRLittleEndian)]) as (assoc, _events):
             status = assoc.send_c_echo()
             code = status.get("Status") if status else None
             if code is None:
@@ -221,7 +222,10 @@ class DimseDestination:
             )
         report = DeliveryReport(self.name, tuple(outcomes))
         self._log.info(
-            "dimse_send_done", files=len(report.outcomes), delivered=len(report.delivered), failed=len(report.failed)
+            "dimse_send_done",
+            files=len(report.outcomes),
+            delivered=len(report.delivered),
+            failed=len(report.failed),
         )
         return report
 
@@ -253,8 +257,8 @@ class DimseDestination:
                 continue
             reason = (
                 f"{self._peer} aborted the association instead of answering the first C-STORE, twice in a "
-                f"row: it refuses to store from calling AE {self.config.calling_ae_title!r} (add it to the peer's "
-                "known modalities / allowed AEs)"
+                f"row: it refuses to store from calling AE {self.config.calling_ae_title!r} "
+                "(add it to the peer's known modalities / allowed AEs)"
             )
             if nothing_delivered_yet and not outcomes:
                 raise DeliveryError(reason, permanent=True)
@@ -262,7 +266,9 @@ class DimseDestination:
             return outcomes
         return outcomes
 
-    def _store_all(self, assoc: Association, events: _AssociationEvents, files: list[_File]) -> _AssociationRun:
+    def _store_all(
+        self, assoc: Association, events: _AssociationEvents, files: list[_File]
+    ) -> _AssociationRun:
         run = _AssociationRun()
         answered = 0
         for index, f in enumerate(files):
@@ -274,7 +280,8 @@ class DimseDestination:
                     FileOutcome.failure(
                         f.path,
                         f.sop_instance_uid,
-                        f"{self._peer} did not accept {_describe_context(f.sop_class_uid, f.transfer_syntax)}",
+                        f"{self._peer} did not accept "
+                        f"{_describe_context(f.sop_class_uid, f.transfer_syntax)}",
                         permanent=True,
                     )
                 )
@@ -290,7 +297,9 @@ class DimseDestination:
                     return run
                 what = "aborted the association" if abort is not None else "did not answer in time"
                 run.outcomes.extend(
-                    _fail_all(files[index:], f"{self._peer} {what} during C-STORE; will retry", permanent=False)
+                    _fail_all(
+                        files[index:], f"{self._peer} {what} during C-STORE; will retry", permanent=False
+                    )
                 )
                 return run
             answered += 1
