@@ -127,9 +127,9 @@ def test_dimse_unknown_calling_ae_is_permanent(pacs: OrthancPeer, results: list[
 
 def test_dimse_association_rejected_is_permanent(tmp_path: Path, results: list[Path]) -> None:
     # With nothing "always allowed", Orthanc rejects the association of an unknown AE outright.
-    with OrthancPeer(tmp_path / "strict", extra_config={"DicomAlwaysAllowEcho": False}) as strict:
-        with pytest.raises(DeliveryError) as err:
-            dimse(strict, calling="STRANGER").send(results)
+    strict = OrthancPeer(tmp_path / "strict", extra_config={"DicomAlwaysAllowEcho": False})
+    with strict, pytest.raises(DeliveryError) as err:
+        dimse(strict, calling="STRANGER").send(results)
     assert err.value.permanent is True
     assert "association rejected" in str(err.value)
 
@@ -302,7 +302,7 @@ def test_destination_config_errors_name_the_field() -> None:
         parse_destinations({"pacs": {"type": "dimse", "ae_title": "BACK\\SLASH", "host": "h", "port": 104}})
     with pytest.raises(ValidationError, match=r"web\.stow-rs\.colour"):
         parse_destinations({"web": {"type": "stow-rs", "url": "http://x/dicom-web", "colour": "red"}})
-    with pytest.raises(ValidationError, match="union_tag_invalid|does not match any of the expected tags"):
+    with pytest.raises(ValidationError, match=r"union_tag_invalid|does not match any of the expected tags"):
         parse_destinations({"x": {"type": "ftp", "url": "ftp://x"}})
     cfg = parse_destinations(
         {
