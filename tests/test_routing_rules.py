@@ -282,7 +282,8 @@ def test_load_routes_from_yaml(tmp_path: Path) -> None:
     config.write_text(
         "node: {ae_title: AINODE}\n"  # other keys of the node config are ignored here
         "destinations:\n  pacs: {type: dimse, ae_title: PACS, host: 127.0.0.1, port: 104}\n"
-        "routes:\n  - {name: all-ct, when: {tag: Modality, equals: CT}, pipelines: [lung-nodule], destinations: [pacs]}\n"
+        "routes:\n  - {name: all-ct, when: {tag: Modality, equals: CT}, pipelines: [lung-nodule],"
+        " destinations: [pacs]}\n"
     )
     section = load_routes_from_yaml(config)
     assert [r.name for r in section.routes] == ["all-ct"]
