@@ -92,9 +92,7 @@ class OrthancPeer:
 
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
-                    f"Orthanc exited early; see {self.log_path}:\n{self.log_path.read_text()[-2000:]}"
-                )
+                raise RuntimeError(f"Orthanc exited early; see {self.log_path}:\n{self.log_path.read_text()[-2000:]}")
             if not port_open(self.dicom_port):
                 return False
             try:

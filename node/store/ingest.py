@@ -1,0 +1,357 @@
+"""Storing one received instance: validate, write durably, index. Shared by C-STORE and STOW-RS.
+
+The order is the promise: the file is fsynced and renamed into place, and its index rows are
+committed, before the caller is allowed to answer Success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+
+# pydicom-internal but stable since 1.x: reads the File Meta group and leaves the stream at the
+# first dataset byte, which is what lets STOW-RS and C-STORE share one code path.
+from pydicom.filereader import (
+    _read_file_meta_info,
+    read_preamble,
+)
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+
+from node import __version__
+from node.errors import InvalidDatasetError, InvalidIdentifierError, OutOfResourcesError
+from node.store.db import Database, now
+from node.store.spool import Spool
+from node.uids import validate_uid
+from node.work.jobs import supersede_open_jobs
+
+IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1234.1")  # node's implementation UID
+IMPLEMENTATION_VERSION_NAME = f"AINODE_{__version__}"[:16]
+
+# Series/study tags kept for routing rules (see node/route). No patient identity here.
+ROUTING_KEYWORDS = (
+    "Modality",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "StudyDescription",
+    "ProtocolName",
+    "ImageType",
+    "SliceThickness",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "ConvolutionKernel",
+    "ContrastBolusAgent",
+    "SOPClassUID",
+    "SeriesNumber",
+)
+
+StoreResult = Literal["new", "identical", "replaced"]
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    path: Path
+    size_bytes: int
+    result: StoreResult
+
+
+def _json_value(value: Any) -> Any:
+    """Plain JSON for a DICOM value (multi-valued → list, numbers as float, rest as text)."""
+    if value is None:
+        return None
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, pydicom.valuerep.DSfloat | pydicom.valuerep.IS):
+        return float(value)
+    return str(value)
+
+
+def _float_list(ds: Dataset, keyword: str, length: int) -> list[float] | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == length else None
+
+
+def _optional_int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _optional_float(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_native_pixel_length(ds: Dataset) -> None:
+    """pydicom silently accepts truncated native pixel data; a short PixelData is a broken instance."""
+    if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    try:
+        expected = (
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("SamplesPerPixel", 1))
+            * int(ds.BitsAllocated)
+            * int(ds.get("NumberOfFrames", 1) or 1)
+        ) // 8
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InvalidDatasetError(f"image attributes missing or malformed: {exc}") from None
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise InvalidDatasetError(f"pixel data truncated: {actual} bytes, image needs {expected}")
+
+
+class InstanceStore:
+    """The one place instances enter the node."""
+
+    def __init__(self, db: Database, spool: Spool, min_free_bytes: int) -> None:
+        self.db = db
+        self.spool = spool
+        self.min_free_bytes = min_free_bytes
+        # Two senders storing the same SOP Instance UID at once must not interleave.
+        self._same_uid_lock = threading.Lock()
+
+    # --- entry points ------------------------------------------------------------------------
+    def store_dimse(
+        self,
+        dataset_bytes: bytes,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        *,
+        calling_ae: str,
+        called_ae: str,
+    ) -> StoredInstance:
+        """A C-STORE dataset as received (no File Meta), stored as received (no transcoding)."""
+        return self._store(
+            dataset_bytes, UID(transfer_syntax_uid), sop_class_uid, sop_instance_uid, calling_ae, called_ae
+        )
+
+    def store_part10(self, file_bytes: bytes, *, calling_ae: str, called_ae: str) -> StoredInstance:
+        """A DICOM Part-10 file (STOW-RS, import)."""
+        stream = io.BytesIO(file_bytes)
+        try:
+            read_preamble(stream, force=False)
+            meta = _read_file_meta_info(stream)
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            raise InvalidDatasetError(f"not a DICOM Part-10 file: {exc}") from None
+        if "TransferSyntaxUID" not in meta:
+            raise InvalidDatasetError("File Meta has no TransferSyntaxUID")
+        dataset_bytes = file_bytes[stream.tell() :]
+        return self._store(
+            dataset_bytes,
+            UID(meta.TransferSyntaxUID),
+            str(meta.get("MediaStorageSOPClassUID", "")),
+            str(meta.get("MediaStorageSOPInstanceUID", "")),
+            calling_ae,
+            called_ae,
+        )
+
+    # --- the work ----------------------------------------------------------------------------
+    def _store(
+        self,
+        dataset_bytes: bytes,
+        transfer_syntax: UID,
+        sop_class_hint: str,
+        sop_instance_hint: str,
+        calling_ae: str,
+        called_ae: str,
+    ) -> StoredInstance:
+        if self.spool.free_bytes() - len(dataset_bytes) < self.min_free_bytes:
+            raise OutOfResourcesError(
+                f"free disk below the {self.min_free_bytes // (1024 * 1024)} MB watermark; instance refused"
+            )
+        sop_class = validate_uid(sop_class_hint, "SOP Class UID")
+        sop_uid = validate_uid(sop_instance_hint, "SOP Instance UID")
+
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(sop_class)
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+        meta.TransferSyntaxUID = transfer_syntax
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        header = io.BytesIO()
+        header.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(header, meta, enforce_standard=True)  # type: ignore[arg-type]  # BytesIO is a valid file-like
+        header_bytes = header.getvalue()
+
+        ds = self._parse(header_bytes + dataset_bytes)
+        study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+        series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+        if validate_uid(ds.get("SOPInstanceUID"), "dataset SOPInstanceUID") != sop_uid:
+            raise InvalidDatasetError("dataset SOPInstanceUID differs from the one the sender announced")
+        if validate_uid(ds.get("SOPClassUID"), "dataset SOPClassUID") != sop_class:
+            raise InvalidDatasetError("dataset SOPClassUID differs from the one the sender announced")
+
+        digest = hashlib.sha256(dataset_bytes).hexdigest()
+        path = self.spool.instance_path(study_uid, series_uid, sop_uid)
+        with self._same_uid_lock:
+            existing = self.db.query("SELECT sha256, path FROM instances WHERE sop_instance_uid = ?", (sop_uid,))
+            if existing and existing[0]["sha256"] == digest and Path(existing[0]["path"]).exists():
+                return StoredInstance(
+                    sop_uid,
+                    series_uid,
+                    study_uid,
+                    sop_class,
+                    Path(existing[0]["path"]),
+                    len(dataset_bytes),
+                    "identical",
+                )
+            self.spool.write_atomically(path, [header_bytes, dataset_bytes])
+            result: StoreResult = "replaced" if existing else "new"
+            self._index(
+                ds,
+                path,
+                len(header_bytes) + len(dataset_bytes),
+                digest,
+                sop_class,
+                str(transfer_syntax),
+                calling_ae,
+                called_ae,
+                result,
+            )
+        return StoredInstance(sop_uid, series_uid, study_uid, sop_class, path, len(dataset_bytes), result)
+
+    @staticmethod
+    def _parse(part10: bytes) -> Dataset:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(part10))
+        except InvalidIdentifierError:
+            raise
+        except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
+            raise InvalidDatasetError(f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from None
+        _check_native_pixel_length(ds)
+        return ds
+
+    def _index(
+        self,
+        ds: Dataset,
+        path: Path,
+        size: int,
+        digest: str,
+        sop_class: str,
+        transfer_syntax: str,
+        calling_ae: str,
+        called_ae: str,
+        result: StoreResult,
+    ) -> None:
+        t = now()
+        study_uid = str(ds.StudyInstanceUID)
+        series_uid = str(ds.SeriesInstanceUID)
+        attributes = {kw: _json_value(ds.get(kw)) for kw in ROUTING_KEYWORDS if kw in ds}
+        ipp = _float_list(ds, "ImagePositionPatient", 3)
+        iop = _float_list(ds, "ImageOrientationPatient", 6)
+        with self.db.transaction() as conn:
+            conn.execute(
+                """INSERT INTO studies (study_uid, patient_name, patient_id, accession_number, study_date,
+                       study_description, first_received_at, last_received_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(study_uid) DO UPDATE SET last_received_at = excluded.last_received_at""",
+                (
+                    study_uid,
+                    str(ds.get("PatientName", "")),
+                    str(ds.get("PatientID", "")),
+                    str(ds.get("AccessionNumber", "")),
+                    str(ds.get("StudyDate", "")),
+                    str(ds.get("StudyDescription", "")),
+                    t,
+                    t,
+                ),
+            )
+            row = conn.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+            if row is None:
+                conn.execute(
+                    """INSERT INTO series (series_uid, study_uid, modality, body_part_examined,
+                           series_description, series_number, attributes, calling_ae, called_ae, state,
+                           instance_count, first_received_at, last_received_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'receiving', 0, ?, ?)""",
+                    (
+                        series_uid,
+                        study_uid,
+                        str(ds.get("Modality", "")),
+                        str(ds.get("BodyPartExamined", "")),
+                        str(ds.get("SeriesDescription", "")),
+                        _optional_int(ds, "SeriesNumber"),
+                        json.dumps(attributes),
+                        calling_ae,
+                        called_ae,
+                        t,
+                        t,
+                    ),
+                )
+            elif row["state"] == "complete":
+                reopen_series(conn, series_uid, t)
+            conn.execute(
+                """UPDATE series SET last_received_at = ?,
+                       instance_count = instance_count + ? WHERE series_uid = ?""",
+                (t, 1 if result == "new" else 0, series_uid),
+            )
+            conn.execute(
+                """INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,
+                       transfer_syntax_uid, path, size_bytes, sha256, instance_number, image_position,
+                       image_orientation, slice_thickness, number_of_frames, images_in_acquisition,
+                       calling_ae, received_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(sop_instance_uid) DO UPDATE SET
+                       path = excluded.path, size_bytes = excluded.size_bytes, sha256 = excluded.sha256,
+                       transfer_syntax_uid = excluded.transfer_syntax_uid,
+                       image_position = excluded.image_position,
+                       image_orientation = excluded.image_orientation,
+                       received_at = excluded.received_at, replaced_count = replaced_count + 1""",
+                (
+                    str(ds.SOPInstanceUID),
+                    series_uid,
+                    study_uid,
+                    sop_class,
+                    transfer_syntax,
+                    str(path),
+                    size,
+                    digest,
+                    _optional_int(ds, "InstanceNumber"),
+                    json.dumps(ipp) if ipp else None,
+                    json.dumps(iop) if iop else None,
+                    _optional_float(ds, "SliceThickness"),
+                    _optional_int(ds, "NumberOfFrames"),
+                    _optional_int(ds, "ImagesInAcquisition"),
+                    calling_ae,
+                    t,
+                ),
+            )
+
+
+def reopen_series(conn: sqlite3.Connection, series_uid: str, t: float) -> None:
+    """An instance arrived for a complete series: it is receiving again, its work superseded."""
+    conn.execute(
+        """UPDATE series SET state = 'receiving', generation = generation + 1,
+               completed_at = NULL, completion_reason = NULL WHERE series_uid = ?""",
+        (series_uid,),
+    )
+    # A running job finds out when it finishes (the worker compares generations).
+    supersede_open_jobs(conn, series_uid, "series re-opened by a late instance")
