@@ -37,6 +37,10 @@ class NodeProcess:
             "completeness": {"quiet_period_s": 30, "settle_s": 1, "check_interval_s": 0.25},
             "workers": {"processes": 1},
             "logging": {"level": "DEBUG"},
+            # The quick non-AI pipeline: these tests are about receiving, not about the model.
+            "routes": [
+                {"name": "all-ct", "when": {"tag": "Modality", "equals": "CT"}, "pipelines": ["series-summary"]}
+            ],
         }
         for section, values in (config or {}).items():
             if isinstance(values, dict):

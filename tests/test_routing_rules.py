@@ -271,9 +271,7 @@ def test_dataset_adapter_and_real_headers() -> None:
     assert isinstance(attrs["SliceThickness"], float)
     assert "PatientName" not in attrs and "PatientID" not in attrs
     routes = parse_routes(yaml.safe_load(ROUTES_YAML))
-    assert [r.name for r in evaluate_routes(routes, siemens, "ORTHANC", "AINODE").matched] == [
-        "any-ct"
-    ]  # 3 mm
+    assert [r.name for r in evaluate_routes(routes, siemens, "ORTHANC", "AINODE").matched] == ["any-ct"]  # 3 mm
     assert [r.name for r in evaluate_routes(routes, philips, "ORTHANC", "AINODE").matched] == ["any-ct"]
 
 

@@ -30,9 +30,7 @@ def register(subparsers: Any) -> None:
         description="Read the DICOM headers in DIR, group them by series and evaluate the routing rules "
         "of the config on each series. Nothing is stored, run or sent.",
     )
-    parser.add_argument(
-        "directory", type=Path, metavar="DIR", help="folder of DICOM files (searched recursively)"
-    )
+    parser.add_argument("directory", type=Path, metavar="DIR", help="folder of DICOM files (searched recursively)")
     parser.add_argument(
         "--config",
         type=Path,
@@ -40,9 +38,7 @@ def register(subparsers: Any) -> None:
         help="node YAML with `routes:` (and `destinations:`); default $AINODE_CONFIG or %(default)s",
     )
     parser.add_argument("--calling-ae", default="", help="calling AE title the series would arrive from")
-    parser.add_argument(
-        "--called-ae", default="AINODE", help="called AE title (the node's); default %(default)s"
-    )
+    parser.add_argument("--called-ae", default="AINODE", help="called AE title (the node's); default %(default)s")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run)
 

@@ -108,9 +108,7 @@ def _nodule_group(
     measurements = [
         hd.sr.Measurement(name=codes.SCT.LongAxis, value=float(finding.long_axis_mm), unit=mm),
         hd.sr.Measurement(name=codes.SCT.ShortAxis, value=float(finding.short_axis_mm), unit=mm),
-        hd.sr.Measurement(
-            name=codes.SCT.Volume, value=float(finding.volume_mm3), unit=codes.UCUM.CubicMillimeter
-        ),
+        hd.sr.Measurement(name=codes.SCT.Volume, value=float(finding.volume_mm3), unit=codes.UCUM.CubicMillimeter),
         hd.sr.Measurement(
             name=PROBABILITY_OF_CANCER,
             value=float(finding.malignancy_probability),
@@ -189,9 +187,7 @@ def encode_sr(
         evidence.append(seg_dataset)
         for finding in result.findings:
             groups.append(
-                _nodule_group(
-                    finding, result, checked, seg_dataset, segment_numbers[finding.number], uid_seed
-                )
+                _nodule_group(finding, result, checked, seg_dataset, segment_numbers[finding.number], uid_seed)
             )
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result),
@@ -222,6 +218,4 @@ def encode_sr(
 
 def nodule_groups(report_groups: Sequence[object]) -> list[object]:
     """Helper for readers: the volumetric (per-nodule) groups of a parsed report."""
-    return [
-        g for g in report_groups if isinstance(g, hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)
-    ]
+    return [g for g in report_groups if isinstance(g, hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)]

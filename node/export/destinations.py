@@ -103,9 +103,7 @@ class DimseTls(_Model):
 
 class HttpTls(_Model):
     verify: bool = True
-    ca_file: FilePath | None = Field(
-        default=None, description="CA bundle that signed the server certificate."
-    )
+    ca_file: FilePath | None = Field(default=None, description="CA bundle that signed the server certificate.")
 
     def requests_verify(self) -> bool | str:
         """The ``verify`` argument of requests/httpx: False, True or a CA bundle path."""

@@ -130,9 +130,7 @@ class DimseDestination:
         return ae
 
     @contextmanager
-    def _associate(
-        self, contexts: Sequence[tuple[UID, UID]]
-    ) -> Iterator[tuple[Association, _AssociationEvents]]:
+    def _associate(self, contexts: Sequence[tuple[UID, UID]]) -> Iterator[tuple[Association, _AssociationEvents]]:
         """An established association or a classified ``DeliveryError``."""
         ae = self._application_entity()
         for sop_class, ts in contexts:
@@ -192,9 +190,7 @@ class DimseDestination:
                 "the peer does not support these SOP classes / transfer syntaxes",
                 permanent=True,
             )
-        return DeliveryError(
-            f"association with {self._peer} aborted during negotiation; will retry", permanent=False
-        )
+        return DeliveryError(f"association with {self._peer} aborted during negotiation; will retry", permanent=False)
 
     # --- public API ----------------------------------------------------------------------------
     def ping(self) -> None:
@@ -217,9 +213,7 @@ class DimseDestination:
                 files.append(probed)
         # Normally one association; more only when the files span more than 128 context pairs.
         for chunk in _chunk_by_contexts(files):
-            outcomes.extend(
-                self._send_chunk(chunk, nothing_delivered_yet=not any(o.delivered for o in outcomes))
-            )
+            outcomes.extend(self._send_chunk(chunk, nothing_delivered_yet=not any(o.delivered for o in outcomes)))
         report = DeliveryReport(self.name, tuple(outcomes))
         self._log.info(
             "dimse_send_done",
@@ -266,9 +260,7 @@ class DimseDestination:
             return outcomes
         return outcomes
 
-    def _store_all(
-        self, assoc: Association, events: _AssociationEvents, files: list[_File]
-    ) -> _AssociationRun:
+    def _store_all(self, assoc: Association, events: _AssociationEvents, files: list[_File]) -> _AssociationRun:
         run = _AssociationRun()
         answered = 0
         for index, f in enumerate(files):
@@ -280,8 +272,7 @@ class DimseDestination:
                     FileOutcome.failure(
                         f.path,
                         f.sop_instance_uid,
-                        f"{self._peer} did not accept "
-                        f"{_describe_context(f.sop_class_uid, f.transfer_syntax)}",
+                        f"{self._peer} did not accept {_describe_context(f.sop_class_uid, f.transfer_syntax)}",
                         permanent=True,
                     )
                 )
@@ -297,9 +288,7 @@ class DimseDestination:
                     return run
                 what = "aborted the association" if abort is not None else "did not answer in time"
                 run.outcomes.extend(
-                    _fail_all(
-                        files[index:], f"{self._peer} {what} during C-STORE; will retry", permanent=False
-                    )
+                    _fail_all(files[index:], f"{self._peer} {what} during C-STORE; will retry", permanent=False)
                 )
                 return run
             answered += 1

@@ -65,9 +65,7 @@ def classify_store_status(code: int) -> StatusVerdict:
         return StatusVerdict(Outcome.DELIVERED, f"stored with warning {hexcode} {StoreStatus(code).name}")
     if code == StoreStatus.DUPLICATE_SOP_INSTANCE:
         # The peer already holds this SOP Instance UID: re-sending is idempotent, nothing to retry.
-        return StatusVerdict(
-            Outcome.DELIVERED, f"already stored at the peer ({hexcode} duplicate SOP instance)"
-        )
+        return StatusVerdict(Outcome.DELIVERED, f"already stored at the peer ({hexcode} duplicate SOP instance)")
     if code & 0xFF00 == StoreStatus.REFUSED_OUT_OF_RESOURCES:
         return StatusVerdict(Outcome.TRANSIENT, f"peer refused: out of resources ({hexcode}); will retry")
     if code == StoreStatus.PROCESSING_FAILURE:
