@@ -74,6 +74,7 @@ class NodeService:
             return
         self._stopped.set()
         self.scp.stop()
+        self.store.close()
         self.completeness.stop()
         self.supervisor.stop()
         self.outbox.stop()
@@ -101,6 +102,7 @@ class NodeService:
                 count += 1
             except NodeError as exc:
                 log.error("spool_file_unreadable", path=str(path), reason=str(exc))
+        self.store.flush()
         return count
 
     def _requeue_orphaned_jobs(self) -> int:

@@ -101,7 +101,7 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, self._on_connection_open),
             (evt.EVT_REQUESTED, self._on_association_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -170,6 +170,12 @@ class StorageSCP:
             calling_ae=event.assoc.requestor.ae_title.strip(),
             peer_host=event.assoc.requestor.address,
         )
+
+    def _on_released(self, event: evt.Event) -> None:
+        # A sender that released its association sees its instances in the index (and so in
+        # `ainode status` and the API) from then on.
+        self.store.flush(timeout_s=10)
+        self._on_closed(event)
 
     @staticmethod
     def _on_closed(event: evt.Event) -> None:
