@@ -43,6 +43,7 @@ from node.dimse_status import (
 )
 from node.errors import InvalidDatasetError, InvalidIdentifierError, OutOfResourcesError
 from node.logging_setup import quiet_pynetdicom
+from node.receive import latency
 from node.store.ingest import InstanceStore
 
 log = structlog.get_logger(__name__)
@@ -78,6 +79,7 @@ def _failure(status: StoreStatus, comment: str) -> Dataset:
 class StorageSCP:
     def __init__(self, config: DicomConfig, store: InstanceStore) -> None:
         quiet_pynetdicom()
+        latency.install()
         self.config = config
         self.store = store
         self._server: ThreadedAssociationServer | None = None
@@ -135,6 +137,7 @@ class StorageSCP:
         sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        event.assoc.dul._run_loop_delay = latency.DUL_LOOP_DELAY_S
 
     def _on_association_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
