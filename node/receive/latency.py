@@ -24,9 +24,10 @@ def _capped_sleep(seconds: float) -> None:
 
 def install() -> None:
     """Give pynetdicom's association module a `time` whose sleep is capped (idempotent)."""
-    if getattr(_association.time, "ainode_capped", False):
+    current = getattr(_association, "time")  # noqa: B009  # the module's private import, not a public attribute
+    if getattr(current, "ainode_capped", False):
         return
     shim = types.SimpleNamespace(**{name: getattr(_time, name) for name in dir(_time) if not name.startswith("__")})
     shim.sleep = _capped_sleep
     shim.ainode_capped = True
-    _association.time = shim  # type: ignore[assignment]  # module-like namespace with the same functions
+    setattr(_association, "time", shim)  # noqa: B010  # replaces the module's private `time` import
