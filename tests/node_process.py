@@ -104,7 +104,8 @@ class NodeProcess:
         self.process = None
 
     def __enter__(self) -> NodeProcess:
-        return self.start()
+        # `with node.start():` and `with node:` both work; a running node is not started twice.
+        return self if self.process is not None else self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
