@@ -115,7 +115,7 @@ class LocalOrthanc:
         self.process = None
 
     def __enter__(self) -> LocalOrthanc:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
