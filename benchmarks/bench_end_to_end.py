@@ -31,9 +31,8 @@ def main() -> None:
         print_report(report)
         t = report.timings_s
         if "last_instance_to_results_sent" in t:
-            print(
-                f"\nlast instance acknowledged -> all results stored in the PACS: {t['last_instance_to_results_sent']:.2f} s"
-            )
+            total = t["last_instance_to_results_sent"]
+            print(f"\nlast instance acknowledged -> all results stored in the PACS: {total:.2f} s")
             parts = ["completeness_wait_after_last_instance", "queue_wait", "job_model_load", "job_load",
                      "job_inference", "job_encode", "export_after_job"]  # fmt: skip
             print("breakdown: " + ", ".join(f"{p.removeprefix('job_')} {t[p]:.2f} s" for p in parts if p in t))
