@@ -25,7 +25,15 @@ from tests.peers.orthanc import OrthancPeer
 PHILIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct" / "philips-chest-64" / "dicom"
 pytestmark = pytest.mark.skipif(not PHILIPS.exists(), reason="../shared/data is not beside the repository")
 
-RESULT_DEADLINE_S = 420  # CPU inference on 2 cores, with other tests' leftovers around
+RESULT_DEADLINE_S = 420
+
+
+@pytest.fixture(autouse=True)
+def _lung_nodule_pipeline_present() -> None:
+    """Fail at once (not after the deadline) when the AI pipeline is missing from the tree."""
+    import importlib.util
+
+    assert importlib.util.find_spec("pipelines.lung_nodule.pipeline") is not None, "lung-nodule pipeline missing"  # CPU inference on 2 cores, with other tests' leftovers around
 
 
 def _first(folder: Path) -> pydicom.Dataset:
