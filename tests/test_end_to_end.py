@@ -33,7 +33,7 @@ def _lung_nodule_pipeline_present() -> None:
     """Fail at once (not after the deadline) when the AI pipeline is missing from the tree."""
     import importlib.util
 
-    assert importlib.util.find_spec("pipelines.lung_nodule.pipeline") is not None, "lung-nodule pipeline missing"  # CPU inference on 2 cores, with other tests' leftovers around
+    assert importlib.util.find_spec("pipelines.lung_nodule.pipeline") is not None, "lung-nodule pipeline missing"
 
 
 def _first(folder: Path) -> pydicom.Dataset:
