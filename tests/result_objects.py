@@ -111,9 +111,7 @@ def make_segmentation(path: Path, sources: list[Path] | None = None) -> Path:
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="nodule",
-        segmented_property_category=hd.sr.CodedConcept(
-            "49755003", "SCT", "Morphologically Abnormal Structure"
-        ),
+        segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Abnormal Structure"),
         segmented_property_type=hd.sr.CodedConcept("27925004", "SCT", "Nodule"),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(

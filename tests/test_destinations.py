@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+from node.dimse_status import StoreStatus
 from node.errors import DeliveryError
 from node.export.backoff import RetryPolicy, backoff_ceiling, next_retry_delay
 from node.export.destinations import (
@@ -25,7 +26,7 @@ from node.export.destinations import (
     build_destination,
     parse_destinations,
 )
-from node.export.failures import Outcome, StoreStatus, classify_store_status
+from node.export.failures import Outcome, classify_store_status
 from tests.peers.net import free_port
 from tests.peers.orthanc import OrthancPeer
 from tests.result_objects import PHILIPS_CT, ct_files, make_results, make_secondary_capture
@@ -159,8 +160,8 @@ def test_dimse_unsupported_sop_class_is_permanent_per_file(
 def test_dimse_status_codes_from_a_pynetdicom_scp(results: list[Path]) -> None:
     """Fake peer (see module docstring): answers each SOP class with a chosen status."""
     status_by_class = {
-        "1.2.840.10008.5.1.4.1.1.7": StoreStatus.REFUSED_OUT_OF_RESOURCES,  # SC: transient
-        "1.2.840.10008.5.1.4.1.1.88.34": StoreStatus.ERROR_CANNOT_UNDERSTAND,  # SR: permanent
+        "1.2.840.10008.5.1.4.1.1.7": StoreStatus.OUT_OF_RESOURCES,  # SC: transient
+        "1.2.840.10008.5.1.4.1.1.88.34": StoreStatus.CANNOT_UNDERSTAND,  # SR: permanent
     }
     requested: list[tuple[str, str]] = []
 
@@ -280,14 +281,14 @@ def test_orthanc_rest_wrong_url_is_permanent(pacs: OrthancPeer, results: list[Pa
     ("code", "outcome"),
     [
         (StoreStatus.SUCCESS, Outcome.DELIVERED),
-        (StoreStatus.WARNING_COERCION_OF_DATA_ELEMENTS, Outcome.DELIVERED),
+        (StoreStatus.WARNING_COERCION, Outcome.DELIVERED),
         (StoreStatus.DUPLICATE_SOP_INSTANCE, Outcome.DELIVERED),
-        (StoreStatus.REFUSED_OUT_OF_RESOURCES, Outcome.TRANSIENT),
-        (StoreStatus.REFUSED_OUT_OF_RESOURCES + 0x21, Outcome.TRANSIENT),
-        (StoreStatus.ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS + 0x05, Outcome.PERMANENT),
-        (StoreStatus.ERROR_CANNOT_UNDERSTAND + 0x123, Outcome.PERMANENT),
+        (StoreStatus.OUT_OF_RESOURCES, Outcome.TRANSIENT),
+        (StoreStatus.OUT_OF_RESOURCES + 0x21, Outcome.TRANSIENT),
+        (StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS + 0x05, Outcome.PERMANENT),
+        (StoreStatus.CANNOT_UNDERSTAND + 0x123, Outcome.PERMANENT),
         (StoreStatus.SOP_CLASS_NOT_SUPPORTED, Outcome.PERMANENT),
-        (StoreStatus.NOT_AUTHORIZED, Outcome.PERMANENT),
+        (StoreStatus.REFUSED_NOT_AUTHORIZED, Outcome.PERMANENT),
         (StoreStatus.PROCESSING_FAILURE, Outcome.TRANSIENT),
     ],
 )

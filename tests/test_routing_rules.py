@@ -16,6 +16,7 @@ from node.route.rules import (
     evaluate_routes,
     load_routes_from_yaml,
     parse_routes,
+    unindexed_keywords,
 )
 from tests.result_objects import PHILIPS_CT, SIEMENS_CT, ct_files
 
@@ -256,6 +257,13 @@ def test_unknown_destination_is_rejected() -> None:
         parse_routes([{"name": "r", "pipelines": ["p"], "destinations": ["nope"]}], destinations={"pacs": {}})
 
 
+def test_unindexed_keywords() -> None:
+    routes = parse_routes(yaml.safe_load(ROUTES_YAML)) + one_route(
+        {"any": [{"tag": "KVP", "range": {"max": 100}}, {"not": {"tag": "Modality", "equals": "CT"}}]}
+    )
+    assert unindexed_keywords(routes, ["Modality", "SliceThickness"]) == {"r": ["KVP"]}
+
+
 def test_regex_compiled_once_at_load() -> None:
     routes = one_route({"tag": "SeriesDescription", "regex": "lung", "ignore_case": True})
     when = routes[0].when
@@ -271,9 +279,7 @@ def test_dataset_adapter_and_real_headers() -> None:
     assert isinstance(attrs["SliceThickness"], float)
     assert "PatientName" not in attrs and "PatientID" not in attrs
     routes = parse_routes(yaml.safe_load(ROUTES_YAML))
-    assert [r.name for r in evaluate_routes(routes, siemens, "ORTHANC", "AINODE").matched] == [
-        "any-ct"
-    ]  # 3 mm
+    assert [r.name for r in evaluate_routes(routes, siemens, "ORTHANC", "AINODE").matched] == ["any-ct"]  # 3 mm
     assert [r.name for r in evaluate_routes(routes, philips, "ORTHANC", "AINODE").matched] == ["any-ct"]
 
 

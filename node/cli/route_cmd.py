@@ -30,9 +30,7 @@ def register(subparsers: Any) -> None:
         description="Read the DICOM headers in DIR, group them by series and evaluate the routing rules "
         "of the config on each series. Nothing is stored, run or sent.",
     )
-    parser.add_argument(
-        "directory", type=Path, metavar="DIR", help="folder of DICOM files (searched recursively)"
-    )
+    parser.add_argument("directory", type=Path, metavar="DIR", help="folder of DICOM files (searched recursively)")
     parser.add_argument(
         "--config",
         type=Path,
@@ -40,9 +38,7 @@ def register(subparsers: Any) -> None:
         help="node YAML with `routes:` (and `destinations:`); default $AINODE_CONFIG or %(default)s",
     )
     parser.add_argument("--calling-ae", default="", help="calling AE title the series would arrive from")
-    parser.add_argument(
-        "--called-ae", default="AINODE", help="called AE title (the node's); default %(default)s"
-    )
+    parser.add_argument("--called-ae", default="AINODE", help="called AE title (the node's); default %(default)s")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=run)
 
@@ -94,7 +90,8 @@ def _quiet_logs() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.route.rules import evaluate_routes, load_routes_from_yaml
+    from node.route.rules import attributes_from_dataset, evaluate_routes, load_routes_from_yaml, unindexed_keywords
+    from node.store.ingest import ROUTING_KEYWORDS
 
     _quiet_logs()
 
@@ -109,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.directory.is_dir():
         print(f"route-test: {args.directory} is not a directory", file=sys.stderr)
         return 2
+    for route_name, keywords in unindexed_keywords(section.routes, ROUTING_KEYWORDS).items():
+        print(
+            f"route-test: WARNING route {route_name!r} tests {keywords}, which the node's index does not keep: "
+            f"the running node sees them as absent (indexed: {', '.join(ROUTING_KEYWORDS)})",
+            file=sys.stderr,
+        )
     groups = group_by_series(args.directory)
     if not groups:
         print(f"route-test: no DICOM files under {args.directory}", file=sys.stderr)
@@ -116,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
 
     records: list[dict[str, Any]] = []
     for group in groups:
-        decision = evaluate_routes(section.routes, group.first, args.calling_ae, args.called_ae)
+        # The same attributes the running node routes on: those its index keeps per series.
+        attributes = {k: v for k, v in attributes_from_dataset(group.first).items() if k in ROUTING_KEYWORDS}
+        attributes["SeriesInstanceUID"] = group.series_instance_uid
+        decision = evaluate_routes(section.routes, attributes, args.calling_ae, args.called_ae)
         ds = group.first
         records.append(
             {

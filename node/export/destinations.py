@@ -27,7 +27,6 @@ whether retrying can help.
 
 from __future__ import annotations
 
-import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,23 +45,13 @@ from pydantic import (
     model_validator,
 )
 
+from node.config import validate_ae_title
 from node.errors import DeliveryError
 
 # --- identifiers ---------------------------------------------------------------------------------
 
-# PS3.5 AE title: 1-16 characters of the default repertoire, no backslash, no control characters,
-# not only spaces.
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 # Destination names become log fields and index keys: keep them boring.
 DESTINATION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
-def validate_ae_title(value: str) -> str:
-    if not _AE_TITLE.match(value) or not value.strip():
-        raise ValueError(
-            f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash, not blank)"
-        )
-    return value.strip()
 
 
 # --- config models -------------------------------------------------------------------------------
@@ -103,9 +92,7 @@ class DimseTls(_Model):
 
 class HttpTls(_Model):
     verify: bool = True
-    ca_file: FilePath | None = Field(
-        default=None, description="CA bundle that signed the server certificate."
-    )
+    ca_file: FilePath | None = Field(default=None, description="CA bundle that signed the server certificate.")
 
     def requests_verify(self) -> bool | str:
         """The ``verify`` argument of requests/httpx: False, True or a CA bundle path."""

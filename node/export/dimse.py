@@ -20,9 +20,15 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
+from node.dimse_status import (
+    AssociateRejectReason,
+    AssociateRejectResult,
+    AssociateRejectSource,
+    EchoStatus,
+)
 from node.errors import DeliveryError
 from node.export.destinations import DeliveryReport, DimseDestinationConfig, FileOutcome
-from node.export.failures import Outcome, StoreStatus, classify_store_status
+from node.export.failures import Outcome, classify_store_status
 
 # Identifiers of C-FIND/C-MOVE/N-* can carry patient data; pynetdicom must never log them.
 _config.LOG_REQUEST_IDENTIFIERS = False
@@ -31,13 +37,6 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
 # PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) per association.
 MAX_PRESENTATION_CONTEXTS = 128
-
-# A-ASSOCIATE-RJ (PS3.8 9.3.4): result 2 = rejected-transient; reasons that mean "busy, try later".
-_REJECT_RESULT_TRANSIENT = 0x02
-_REJECT_SOURCE_PROVIDER_PRESENTATION = 0x03
-_REJECT_SOURCE_USER = 0x01
-_REJECT_REASON_CALLING_AE_NOT_RECOGNIZED = 0x03
-_REJECT_REASON_CALLED_AE_NOT_RECOGNIZED = 0x07
 
 
 @dataclass(frozen=True)
@@ -130,9 +129,7 @@ class DimseDestination:
         return ae
 
     @contextmanager
-    def _associate(
-        self, contexts: Sequence[tuple[UID, UID]]
-    ) -> Iterator[tuple[Association, _AssociationEvents]]:
+    def _associate(self, contexts: Sequence[tuple[UID, UID]]) -> Iterator[tuple[Association, _AssociationEvents]]:
         """An established association or a classified ``DeliveryError``."""
         ae = self._application_entity()
         for sop_class, ts in contexts:
@@ -168,16 +165,16 @@ class DimseDestination:
                 permanent=False,
             )
         if assoc.is_rejected and rsp is not None:
-            transient = rsp.result == _REJECT_RESULT_TRANSIENT or (
-                rsp.result_source == _REJECT_SOURCE_PROVIDER_PRESENTATION
+            transient = rsp.result == AssociateRejectResult.REJECTED_TRANSIENT or (
+                rsp.result_source == AssociateRejectSource.SERVICE_PROVIDER_PRESENTATION
             )
             hint = ""
-            if rsp.result_source == _REJECT_SOURCE_USER and rsp.diagnostic == (
-                _REJECT_REASON_CALLING_AE_NOT_RECOGNIZED
+            if rsp.result_source == AssociateRejectSource.SERVICE_USER and rsp.diagnostic == (
+                AssociateRejectReason.CALLING_AE_NOT_RECOGNIZED
             ):
                 hint = f": add calling AE {self.config.calling_ae_title!r} to the peer's known modalities"
-            elif rsp.result_source == _REJECT_SOURCE_USER and rsp.diagnostic == (
-                _REJECT_REASON_CALLED_AE_NOT_RECOGNIZED
+            elif rsp.result_source == AssociateRejectSource.SERVICE_USER and rsp.diagnostic == (
+                AssociateRejectReason.CALLED_AE_NOT_RECOGNIZED
             ):
                 hint = f": the peer's AE title is not {self.config.ae_title!r}; fix ae_title"
             return DeliveryError(
@@ -192,9 +189,7 @@ class DimseDestination:
                 "the peer does not support these SOP classes / transfer syntaxes",
                 permanent=True,
             )
-        return DeliveryError(
-            f"association with {self._peer} aborted during negotiation; will retry", permanent=False
-        )
+        return DeliveryError(f"association with {self._peer} aborted during negotiation; will retry", permanent=False)
 
     # --- public API ----------------------------------------------------------------------------
     def ping(self) -> None:
@@ -203,7 +198,7 @@ class DimseDestination:
             code = status.get("Status") if status else None
             if code is None:
                 raise DeliveryError(f"no C-ECHO response from {self._peer}; will retry", permanent=False)
-            if code != StoreStatus.SUCCESS:
+            if code != EchoStatus.SUCCESS:
                 raise DeliveryError(f"C-ECHO to {self._peer} answered 0x{code:04X}", permanent=True)
 
     def send(self, paths: Sequence[Path]) -> DeliveryReport:
@@ -217,9 +212,7 @@ class DimseDestination:
                 files.append(probed)
         # Normally one association; more only when the files span more than 128 context pairs.
         for chunk in _chunk_by_contexts(files):
-            outcomes.extend(
-                self._send_chunk(chunk, nothing_delivered_yet=not any(o.delivered for o in outcomes))
-            )
+            outcomes.extend(self._send_chunk(chunk, nothing_delivered_yet=not any(o.delivered for o in outcomes)))
         report = DeliveryReport(self.name, tuple(outcomes))
         self._log.info(
             "dimse_send_done",
@@ -266,9 +259,7 @@ class DimseDestination:
             return outcomes
         return outcomes
 
-    def _store_all(
-        self, assoc: Association, events: _AssociationEvents, files: list[_File]
-    ) -> _AssociationRun:
+    def _store_all(self, assoc: Association, events: _AssociationEvents, files: list[_File]) -> _AssociationRun:
         run = _AssociationRun()
         answered = 0
         for index, f in enumerate(files):
@@ -280,8 +271,7 @@ class DimseDestination:
                     FileOutcome.failure(
                         f.path,
                         f.sop_instance_uid,
-                        f"{self._peer} did not accept "
-                        f"{_describe_context(f.sop_class_uid, f.transfer_syntax)}",
+                        f"{self._peer} did not accept {_describe_context(f.sop_class_uid, f.transfer_syntax)}",
                         permanent=True,
                     )
                 )
@@ -297,9 +287,7 @@ class DimseDestination:
                     return run
                 what = "aborted the association" if abort is not None else "did not answer in time"
                 run.outcomes.extend(
-                    _fail_all(
-                        files[index:], f"{self._peer} {what} during C-STORE; will retry", permanent=False
-                    )
+                    _fail_all(files[index:], f"{self._peer} {what} during C-STORE; will retry", permanent=False)
                 )
                 return run
             answered += 1

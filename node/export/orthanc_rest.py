@@ -53,9 +53,7 @@ class OrthancRestDestination:
             for raw_path in paths:
                 path = Path(raw_path)
                 try:
-                    uid = (
-                        str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPInstanceUID", "")) or None
-                    )
+                    uid = str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPInstanceUID", "")) or None
                     content = path.read_bytes()
                 except (InvalidDicomError, OSError, EOFError) as exc:
                     outcomes.append(
@@ -78,9 +76,7 @@ class OrthancRestDestination:
                     )
                     # Errors that concern the server as a whole (auth, wrong URL, 5xx) before any
                     # success are raised, like a refused connection; 400 is about this file.
-                    if response.status_code != httpx.codes.BAD_REQUEST and not any(
-                        o.delivered for o in outcomes
-                    ):
+                    if response.status_code != httpx.codes.BAD_REQUEST and not any(o.delivered for o in outcomes):
                         raise error
                     outcomes.append(FileOutcome.failure(path, uid, str(error), permanent=error.permanent))
                     continue
@@ -110,9 +106,7 @@ def _transport_failure(exc: httpx.HTTPError, url: str) -> DeliveryError:
     """Classify an httpx exception that happened before any HTTP status arrived."""
     text = str(exc)
     if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in text:
-        return DeliveryError(
-            f"TLS verification of {url} failed ({text}): check tls.ca_file / verify", permanent=True
-        )
+        return DeliveryError(f"TLS verification of {url} failed ({text}): check tls.ca_file / verify", permanent=True)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return DeliveryError(f"invalid URL {url}: {text}", permanent=True)
     if isinstance(exc, httpx.TimeoutException):

@@ -77,9 +77,7 @@ class StowRsDestination:
             try:
                 ds = pydicom.dcmread(path)
             except (InvalidDicomError, OSError, EOFError) as exc:
-                outcomes[path] = FileOutcome.failure(
-                    path, None, f"not a readable DICOM file: {exc}", permanent=True
-                )
+                outcomes[path] = FileOutcome.failure(path, None, f"not a readable DICOM file: {exc}", permanent=True)
                 continue
             uid = str(ds.get("SOPInstanceUID", ""))
             if not uid:
@@ -111,9 +109,7 @@ class StowRsDestination:
                 status = exc.response.status_code if exc.response is not None else 0
                 # 409 Conflict (and some 4xx) carry a response body listing the failed instances.
                 parsed = _parse_body(exc.response)
-                if parsed is not None and (
-                    parsed.get("FailedSOPSequence") or parsed.get("ReferencedSOPSequence")
-                ):
+                if parsed is not None and (parsed.get("FailedSOPSequence") or parsed.get("ReferencedSOPSequence")):
                     response_ds = parsed
                 else:
                     raise DeliveryError(
@@ -135,9 +131,7 @@ def _parse_body(response: requests.Response | None) -> Dataset | None:
         return None
 
 
-def _outcomes_from_response(
-    response: Dataset, path_of_uid: dict[str, Path], url: str
-) -> dict[Path, FileOutcome]:
+def _outcomes_from_response(response: Dataset, path_of_uid: dict[str, Path], url: str) -> dict[Path, FileOutcome]:
     outcomes: dict[Path, FileOutcome] = {}
     for item in response.get("ReferencedSOPSequence", []):
         uid = str(item.get("ReferencedSOPInstanceUID", ""))
@@ -184,9 +178,7 @@ def _outcomes_from_response(
 def _request_failure(exc: requests.RequestException, url: str) -> DeliveryError:
     """Classify a requests exception that happened before any HTTP status arrived."""
     if isinstance(exc, requests.exceptions.SSLError):
-        return DeliveryError(
-            f"TLS handshake with {url} failed ({exc}): check tls.ca_file / verify", permanent=True
-        )
+        return DeliveryError(f"TLS handshake with {url} failed ({exc}): check tls.ca_file / verify", permanent=True)
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
         return DeliveryError(f"invalid URL {url}: {exc}", permanent=True)
     if isinstance(exc, requests.Timeout):
