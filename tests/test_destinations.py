@@ -7,6 +7,7 @@ answer C-STORE with 0xA700 / 0xC000 on demand, so a pynetdicom SCP plays that pa
 from __future__ import annotations
 
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,12 @@ import httpx
 import pydicom
 import pytest
 from pydantic import ValidationError
+from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from node.dimse_status import StoreStatus
 from node.errors import DeliveryError
+from node.export import dimse as dimse_module
 from node.export.backoff import RetryPolicy, backoff_ceiling, next_retry_delay
 from node.export.destinations import (
     DeliveryReport,
@@ -26,7 +29,8 @@ from node.export.destinations import (
     build_destination,
     parse_destinations,
 )
-from node.export.failures import Outcome, classify_store_status
+from node.export.failures import Outcome, classify_store_status, describe_http_status, http_status_is_transient
+from node.export.stowrs import outcomes_from_stow_response as stow_outcomes
 from tests.peers.net import free_port
 from tests.peers.orthanc import OrthancPeer
 from tests.result_objects import PHILIPS_CT, ct_files, make_results, make_secondary_capture
@@ -157,8 +161,17 @@ def test_dimse_unsupported_sop_class_is_permanent_per_file(
     assert "presentation contexts" in str(only_bogus.value)
 
 
-def test_dimse_status_codes_from_a_pynetdicom_scp(results: list[Path]) -> None:
+def test_dimse_status_codes_from_a_pynetdicom_scp(results: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake peer (see module docstring): answers each SOP class with a chosen status."""
+    nodelay: list[int] = []
+    original_on_open = dimse_module._AssociationEvents._on_open
+
+    def spy_on_open(self: Any, event: Any) -> None:
+        original_on_open(self, event)
+        sock = event.assoc.dul.socket.socket
+        nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(dimse_module._AssociationEvents, "_on_open", spy_on_open)
     status_by_class = {
         "1.2.840.10008.5.1.4.1.1.7": StoreStatus.OUT_OF_RESOURCES,  # SC: transient
         "1.2.840.10008.5.1.4.1.1.88.34": StoreStatus.CANNOT_UNDERSTAND,  # SR: permanent
@@ -197,6 +210,7 @@ def test_dimse_status_codes_from_a_pynetdicom_scp(results: list[Path]) -> None:
         ds = pydicom.dcmread(p, stop_before_pixels=True)
         expected.add((str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
     assert sorted(requested) == sorted(expected)
+    assert nodelay == [1]  # Nagle off on our socket (REAL-PEERS.md: 30x slower C-STOREs otherwise)
     with pytest.raises(DeliveryError) as err:
         report.raise_for_failures()
     assert err.value.permanent is False  # one failure is transient: a retry can still make progress
@@ -341,3 +355,44 @@ def test_backoff_full_jitter_is_bounded_deterministic_and_limited() -> None:
     with pytest.raises(ValidationError):
         RetryPolicy(base_delay_s=10, max_delay_s=5)
     assert backoff_ceiling(10_000, policy) == 60  # no overflow for absurd attempt numbers
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [
+        (500, True),
+        (503, True),
+        (429, True),
+        (408, True),
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (409, False),
+        (413, False),
+    ],
+)
+def test_http_status_classification(status: int, transient: bool) -> None:
+    assert http_status_is_transient(status) is transient
+    assert f"HTTP {status}" in describe_http_status(status, "http://pacs/dicom-web")
+
+
+def test_stow_response_per_instance_outcomes() -> None:
+    """A STOW-RS 202/409 body (PS3.18 10.5.3) mapped to per-file outcomes with C-STORE semantics."""
+    paths = {"1.1": Path("a.dcm"), "1.2": Path("b.dcm"), "1.3": Path("c.dcm"), "1.4": Path("d.dcm")}
+    body = Dataset()
+    stored = Dataset()
+    stored.ReferencedSOPInstanceUID = "1.1"
+    body.ReferencedSOPSequence = [stored]
+    failures = []
+    for uid, reason in (("1.2", StoreStatus.OUT_OF_RESOURCES), ("1.3", StoreStatus.CANNOT_UNDERSTAND)):
+        item = Dataset()
+        item.ReferencedSOPInstanceUID = uid
+        item.FailureReason = int(reason)
+        failures.append(item)
+    body.FailedSOPSequence = failures
+    outcomes = stow_outcomes(body, paths, "http://pacs/dicom-web")
+    assert outcomes[Path("a.dcm")].delivered
+    assert outcomes[Path("b.dcm")].permanent is False
+    assert outcomes[Path("c.dcm")].permanent is True
+    assert outcomes[Path("d.dcm")].permanent is False  # not mentioned by the server: retry it

@@ -117,7 +117,7 @@ class StowRsDestination:
                     ) from exc
             except requests.RequestException as exc:
                 raise _request_failure(exc, url) from exc
-        return _outcomes_from_response(response_ds, path_of_uid, self._url)
+        return outcomes_from_stow_response(response_ds, path_of_uid, self._url)
 
 
 def _parse_body(response: requests.Response | None) -> Dataset | None:
@@ -131,7 +131,7 @@ def _parse_body(response: requests.Response | None) -> Dataset | None:
         return None
 
 
-def _outcomes_from_response(response: Dataset, path_of_uid: dict[str, Path], url: str) -> dict[Path, FileOutcome]:
+def outcomes_from_stow_response(response: Dataset, path_of_uid: dict[str, Path], url: str) -> dict[Path, FileOutcome]:
     outcomes: dict[Path, FileOutcome] = {}
     for item in response.get("ReferencedSOPSequence", []):
         uid = str(item.get("ReferencedSOPInstanceUID", ""))
