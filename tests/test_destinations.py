@@ -34,6 +34,7 @@ from node.export.stowrs import outcomes_from_stow_response as stow_outcomes
 from tests.peers.net import free_port
 from tests.peers.orthanc import OrthancPeer
 from tests.result_objects import PHILIPS_CT, ct_files, make_results, make_secondary_capture
+from tests.tls_certs import make_tls_files
 
 NODE_AET = "AINODE"
 
@@ -159,6 +160,52 @@ def test_dimse_unsupported_sop_class_is_permanent_per_file(
         destination.send([bogus])
     assert only_bogus.value.permanent is True
     assert "presentation contexts" in str(only_bogus.value)
+
+
+def test_dimse_tls_with_real_orthanc(tmp_path: Path, results: list[Path]) -> None:
+    certs = make_tls_files(tmp_path / "tls")
+    tls_orthanc = OrthancPeer(
+        tmp_path / "orthanc-tls",
+        modalities={"node": (NODE_AET, "127.0.0.1", free_port())},
+        extra_config={
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(certs.server_cert),
+            "DicomTlsPrivateKey": str(certs.server_key),
+            "DicomTlsTrustedCertificates": str(certs.ca_cert),
+            "DicomTlsRemoteCertificateRequired": True,
+        },
+    )
+
+    def destination(**tls: str) -> Any:
+        cfg = {
+            "type": "dimse",
+            "ae_title": tls_orthanc.aet,
+            "host": "127.0.0.1",
+            "port": tls_orthanc.dicom_port,
+            "calling_ae_title": NODE_AET,
+            "timeout_s": 10,
+            "tls": tls,
+        }
+        return build_destination("tls", parse_destinations({"tls": cfg})["tls"])
+
+    mutual = {"ca_file": str(certs.ca_cert), "cert_file": str(certs.client_cert), "key_file": str(certs.client_key)}
+    with tls_orthanc:
+        report = destination(**mutual).send(results)
+        assert report.ok, report.failed
+        assert tls_orthanc.instance_count() == len(results)
+
+        with pytest.raises(DeliveryError) as untrusted:
+            destination(**{**mutual, "ca_file": str(certs.other_ca_cert)}).send(results)
+        assert untrusted.value.permanent is True and "CERTIFICATE_VERIFY_FAILED" in str(untrusted.value)
+
+        with pytest.raises(DeliveryError) as no_client_cert:
+            destination(ca_file=str(certs.ca_cert)).send(results)
+        assert no_client_cert.value.permanent is True and "TLS" in str(no_client_cert.value)
+
+        tls_orthanc.stop()
+        with pytest.raises(DeliveryError) as down:
+            destination(**mutual).send(results)
+        assert down.value.permanent is False  # a TLS destination that is down is still transient
 
 
 def test_dimse_status_codes_from_a_pynetdicom_scp(results: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:

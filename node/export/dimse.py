@@ -7,6 +7,7 @@ presentation context per pair, so every file has a context that fits it without 
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -158,6 +159,12 @@ class DimseDestination:
         self, assoc: Association, events: _AssociationEvents, contexts: Sequence[tuple[UID, UID]]
     ) -> DeliveryError:
         rsp = events.association_response
+        if self.config.tls is not None and not assoc.is_rejected:
+            # pynetdicom reports a failed TLS handshake like a refused connection, and a peer that
+            # refuses our client certificate (TLS 1.3) like an abort. A handshake of our own tells.
+            tls_error = self._tls_diagnosis()
+            if tls_error is not None:
+                return tls_error
         if not events.connected:
             return DeliveryError(
                 f"cannot connect to {self._peer}: connection refused or timed out "
@@ -190,6 +197,32 @@ class DimseDestination:
                 permanent=True,
             )
         return DeliveryError(f"association with {self._peer} aborted during negotiation; will retry", permanent=False)
+
+    def _tls_diagnosis(self) -> DeliveryError | None:
+        """A permanent error if a TLS handshake with the peer fails on certificates; None otherwise."""
+        tls = self.config.tls
+        if tls is None:
+            return None
+        try:
+            raw = socket.create_connection((self.config.host, self.config.port), timeout=self.config.timeout_s)
+        except OSError:
+            return None  # TCP itself fails: the transient "cannot connect" stands
+        try:
+            with tls.ssl_context().wrap_socket(raw, server_hostname=tls.server_hostname or self.config.host) as conn:
+                # A server that refuses our certificate says so just after the handshake (TLS 1.3).
+                conn.settimeout(min(self.config.timeout_s, 2.0))
+                conn.recv(1)
+        except ssl.SSLError as exc:
+            return DeliveryError(
+                f"TLS with {self._peer} failed ({exc.reason or exc}): check tls.ca_file, tls.cert_file/key_file "
+                "and that the peer expects TLS",
+                permanent=True,
+            )
+        except OSError:
+            return None  # timeout or closed connection: the handshake itself was fine
+        finally:
+            raw.close()
+        return None
 
     # --- public API ----------------------------------------------------------------------------
     def ping(self) -> None:
