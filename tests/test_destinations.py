@@ -33,6 +33,7 @@ from node.export.failures import Outcome, classify_store_status, describe_http_s
 from node.export.stowrs import outcomes_from_stow_response as stow_outcomes
 from tests.peers.net import free_port
 from tests.peers.orthanc import OrthancPeer
+from tests.peers.tls_proxy import TlsProxy
 from tests.result_objects import PHILIPS_CT, ct_files, make_results, make_secondary_capture
 from tests.tls_certs import make_tls_files
 
@@ -333,6 +334,33 @@ def test_orthanc_rest_wrong_url_is_permanent(pacs: OrthancPeer, results: list[Pa
     with pytest.raises(DeliveryError) as err:
         orthanc_rest(f"{pacs.url}/nope").send(results)
     assert err.value.permanent is True
+
+
+def test_https_destinations_verify_the_server_certificate(
+    pacs: OrthancPeer, tmp_path: Path, results: list[Path]
+) -> None:
+    certs = make_tls_files(tmp_path / "tls")
+    proxy = TlsProxy(tmp_path / "nginx", upstream_port=pacs.http_port, cert=certs.server_cert, key=certs.server_key)
+    with proxy:
+        trusted = {"ca_file": str(certs.ca_cert)}
+        other = {"ca_file": str(certs.other_ca_cert)}
+        web = parse_destinations(
+            {
+                "ok": {"type": "stow-rs", "url": f"{proxy.url}/dicom-web", "tls": trusted},
+                "untrusted": {"type": "stow-rs", "url": f"{proxy.url}/dicom-web", "tls": other},
+                "rest-ok": {"type": "orthanc-rest", "url": proxy.url, "tls": trusted},
+                "rest-untrusted": {"type": "orthanc-rest", "url": proxy.url},  # system CAs: not ours
+            }
+        )
+        build_destination("ok", web["ok"]).ping()
+        assert build_destination("ok", web["ok"]).send(results[:1]).ok
+        assert build_destination("rest-ok", web["rest-ok"]).send(results[1:]).ok
+        assert pacs.instance_count() == len(results)
+        for name in ("untrusted", "rest-untrusted"):
+            with pytest.raises(DeliveryError) as err:
+                build_destination(name, web[name]).send(results)
+            assert err.value.permanent is True, name
+            assert "CERTIFICATE_VERIFY_FAILED" in str(err.value), str(err.value)
 
 
 # --- classification, config, backoff (no peer) ----------------------------------------------------

@@ -95,10 +95,18 @@ class HttpTls(_Model):
     ca_file: FilePath | None = Field(default=None, description="CA bundle that signed the server certificate.")
 
     def requests_verify(self) -> bool | str:
-        """The ``verify`` argument of requests/httpx: False, True or a CA bundle path."""
+        """The ``verify`` argument of requests: False, True or a CA bundle path."""
         if not self.verify:
             return False
         return str(self.ca_file) if self.ca_file is not None else True
+
+    def httpx_verify(self) -> bool | ssl.SSLContext:
+        """The ``verify`` argument of httpx (a path string is deprecated there): False, True or a context."""
+        if not self.verify:
+            return False
+        if self.ca_file is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
 
 class DimseDestinationConfig(_Model):
