@@ -363,6 +363,31 @@ def test_https_destinations_verify_the_server_certificate(
             assert "CERTIFICATE_VERIFY_FAILED" in str(err.value), str(err.value)
 
 
+def test_http_destinations_authenticate(tmp_path: Path, results: list[Path]) -> None:
+    with OrthancPeer(tmp_path / "orthanc-auth", credentials=("ainode", "s3cret")) as peer:
+        good = {"type": "basic", "username": "ainode", "password": "s3cret"}
+        bad = {**good, "password": "wrong"}
+        cfg = parse_destinations(
+            {
+                "stow": {"type": "stow-rs", "url": peer.dicomweb_url, "auth": good},
+                "stow-bad": {"type": "stow-rs", "url": peer.dicomweb_url, "auth": bad},
+                "stow-bearer": {"type": "stow-rs", "url": peer.dicomweb_url, "auth": {"type": "bearer", "token": "x"}},
+                "rest": {"type": "orthanc-rest", "url": peer.url, "username": "ainode", "password": "s3cret"},
+                "rest-none": {"type": "orthanc-rest", "url": peer.url},
+            }
+        )
+        build_destination("stow", cfg["stow"]).ping()
+        assert build_destination("stow", cfg["stow"]).send(results[:1]).ok
+        assert build_destination("rest", cfg["rest"]).send(results[1:]).ok
+        assert peer.instance_count() == len(results)
+        for name in ("stow-bad", "stow-bearer", "rest-none"):
+            with pytest.raises(DeliveryError) as err:
+                build_destination(name, cfg[name]).send(results)
+            assert err.value.permanent is True, name
+            assert "HTTP 401" in str(err.value) and "credentials" in str(err.value)
+            assert "s3cret" not in str(err.value)
+
+
 # --- classification, config, backoff (no peer) ----------------------------------------------------
 
 
