@@ -150,9 +150,13 @@ def test_dimse_unsupported_sop_class_is_permanent_per_file(
     ds.save_as(bogus, enforce_file_format=True)
     destination = dimse(pacs)
 
-    report = destination.send([results[0], bogus])
-    assert [o.delivered for o in report.outcomes] == [True, False]
-    assert report.outcomes[1].permanent is True
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    report = destination.send([junk, results[0], bogus])
+    assert [o.path for o in report.outcomes] == [junk, results[0], bogus]  # the caller's order
+    assert [o.delivered for o in report.outcomes] == [False, True, False]
+    assert report.outcomes[0].permanent is True
+    assert report.outcomes[2].permanent is True
     with pytest.raises(DeliveryError) as err:
         report.raise_for_failures()
     assert err.value.permanent is True

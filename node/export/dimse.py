@@ -246,6 +246,9 @@ class DimseDestination:
         # Normally one association; more only when the files span more than 128 context pairs.
         for chunk in _chunk_by_contexts(files):
             outcomes.extend(self._send_chunk(chunk, nothing_delivered_yet=not any(o.delivered for o in outcomes)))
+        # Report in the caller's order (unreadable files were set aside before sending).
+        position = {Path(p): i for i, p in reversed(list(enumerate(paths)))}
+        outcomes.sort(key=lambda o: position.get(o.path, len(position)))
         report = DeliveryReport(self.name, tuple(outcomes))
         self._log.info(
             "dimse_send_done",
