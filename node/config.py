@@ -15,6 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from node.errors import ConfigError
+from node.export.backoff import RetryPolicy
+from node.export.destinations import DestinationConfig, DestinationName
+from node.route.rules import Route
 
 # DICOM PS3.5 AE VR: 1-16 characters of the default repertoire, no backslash or control
 # characters; leading/trailing spaces are not significant and an all-space title is invalid.
@@ -108,12 +111,57 @@ class LoggingConfig(_Model):
     format: Literal["json", "console"] = "json"
 
 
+class DeliveryConfig(_Model):
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    check_interval_s: float = Field(default=1.0, gt=0)
+    # Files handed to one destination in one go (one association / one STOW-RS request).
+    batch_size: int = Field(default=64, ge=1, le=1000)
+
+
+def default_routes() -> list[Route]:
+    """Without a `routes:` section: every CT series that is not a localizer goes to the lung-nodule
+    pipeline, and its results stay on the node (no destination)."""
+    return [
+        Route.model_validate(
+            {
+                "name": "ct-lung-nodule",
+                "when": {
+                    "all": [{"tag": "Modality", "equals": "CT"}, {"not": {"tag": "ImageType", "one_of": ["LOCALIZER"]}}]
+                },
+                "pipelines": ["lung-nodule"],
+            }
+        )
+    ]
+
+
 class NodeConfig(_Model):
     dicom: DicomConfig = Field(default_factory=DicomConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     completeness: CompletenessConfig = Field(default_factory=CompletenessConfig)
     workers: WorkerConfig = Field(default_factory=WorkerConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    destinations: dict[DestinationName, DestinationConfig] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=default_routes)
+
+    @model_validator(mode="after")
+    def _routes_consistent(self) -> NodeConfig:
+        from node.route.rules import RoutingSection
+        from pipelines.registry import pipeline_names
+
+        # Same checks as `ainode route-test`: unique names, one trailing fallback, known destinations.
+        RoutingSection.model_validate(
+            {
+                "routes": [r.model_dump(by_alias=True) for r in self.routes],
+                "destinations": {name: {} for name in self.destinations},
+            }
+        )
+        known = set(pipeline_names())
+        for route in self.routes:
+            unknown = [p for p in route.pipelines if p not in known]
+            if unknown:
+                raise ValueError(f"route {route.name!r} names unknown pipeline(s) {unknown}; known: {sorted(known)}")
+        return self
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:

@@ -16,6 +16,8 @@ import structlog
 
 from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
+from node.export.destinations import build_destinations
+from node.export.outbox import Outbox
 from node.receive.completeness import CompletenessMonitor
 from node.receive.scp import StorageSCP
 from node.route.planner import JobPlanner
@@ -40,8 +42,14 @@ class NodeService:
         self.spool = Spool(data_dir)
         self.store = InstanceStore(self.db, self.spool, config.storage.min_free_disk_mb * 1024 * 1024)
         self.scp = StorageSCP(config.dicom, self.store)
-        self.completeness = CompletenessMonitor(self.db, config.completeness, JobPlanner())
+        self.completeness = CompletenessMonitor(self.db, config.completeness, JobPlanner(config.routes))
         self.supervisor = WorkerSupervisor(config, self.db, self.boot_id)
+        self.outbox = Outbox(
+            self.db,
+            build_destinations(dict(config.destinations)),
+            config.delivery.retry,
+            batch_size=config.delivery.batch_size,
+        )
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -59,14 +67,17 @@ class NodeService:
         self.scp.start()
         self.completeness.start()
         self.supervisor.start()
+        self.outbox.start(self.config.delivery.check_interval_s)
 
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.scp.stop()
+        self.store.close()
         self.completeness.stop()
         self.supervisor.stop()
+        self.outbox.stop()
         log.info("node_stopped", boot_id=self.boot_id)
 
     def run_until_signalled(self) -> None:
@@ -91,6 +102,7 @@ class NodeService:
                 count += 1
             except NodeError as exc:
                 log.error("spool_file_unreadable", path=str(path), reason=str(exc))
+        self.store.flush()
         return count
 
     def _requeue_orphaned_jobs(self) -> int:

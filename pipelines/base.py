@@ -175,6 +175,9 @@ class Finding:
     gradcam: npt.NDArray[np.float32] | None  # shape == box.shape, values in [0, 1]
     category: NoduleCategory | None = None
     lobe: str | None = None  # e.g. "right upper lobe" when known
+    # Optional per-voxel nodule probability in [0, 1] (shape == box.shape); lets node/encode write a
+    # FRACTIONAL SEG when asked. Added for the encoder; pipelines that have no map leave it None.
+    probability_map: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         if self.mask.shape != self.box.shape:
@@ -183,6 +186,10 @@ class Finding:
             raise ValueError(f"finding {self.number} has an empty mask")
         if self.gradcam is not None and self.gradcam.shape != self.box.shape:
             raise ValueError(f"Grad-CAM shape {self.gradcam.shape} != box shape {self.box.shape}")
+        if self.probability_map is not None and self.probability_map.shape != self.box.shape:
+            raise ValueError(
+                f"probability map shape {self.probability_map.shape} != box shape {self.box.shape}"
+            )
         if not 0.0 <= self.malignancy_probability <= 1.0:
             raise ValueError(f"malignancy probability {self.malignancy_probability} outside [0, 1]")
 

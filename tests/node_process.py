@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class NodeProcess:
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None, *, ae_title: str = "AINODE") -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "node-data"
         self.port = free_port()
         self.ae_title = ae_title
@@ -36,6 +37,10 @@ class NodeProcess:
             "completeness": {"quiet_period_s": 30, "settle_s": 1, "check_interval_s": 0.25},
             "workers": {"processes": 1},
             "logging": {"level": "DEBUG"},
+            # The quick non-AI pipeline: these tests are about receiving, not about the model.
+            "routes": [
+                {"name": "all-ct", "when": {"tag": "Modality", "equals": "CT"}, "pipelines": ["series-summary"]}
+            ],
         }
         for section, values in (config or {}).items():
             if isinstance(values, dict):
@@ -47,6 +52,12 @@ class NodeProcess:
         self.config_path.write_text(yaml.safe_dump(base))
         self.log_path = workdir / "node.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def reconfigure(self, changes: dict[str, dict[str, Any]]) -> None:
+        """Change settings for the next start (same port, same data dir)."""
+        for section, values in changes.items():
+            self.config.setdefault(section, {}).update(values)
+        self.config_path.write_text(yaml.safe_dump(self.config))
 
     def start(self, timeout_s: float = 30) -> NodeProcess:
         log = self.log_path.open("ab")

@@ -13,6 +13,7 @@ _COMMAND_MODULES = [
     "node.cli.dicom_cmd",
     "node.cli.status_cmd",
     "node.cli.route_cmd",
+    "node.cli.delivery_cmd",
 ]
 
 

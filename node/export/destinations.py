@@ -45,13 +45,20 @@ from pydantic import (
     model_validator,
 )
 
-from node.config import validate_ae_title
 from node.errors import DeliveryError
 
 # --- identifiers ---------------------------------------------------------------------------------
 
 # Destination names become log fields and index keys: keep them boring.
 DESTINATION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def validate_ae_title(value: str) -> str:
+    # One AE-title rule for the whole node, kept in node.config; imported here at validation time
+    # because node.config itself imports this module.
+    from node.config import validate_ae_title as validate
+
+    return validate(value)
 
 
 # --- config models -------------------------------------------------------------------------------

@@ -216,9 +216,7 @@ class _ValueTest(_Model):
             )
         if self.one_of is not None:
             ok = any(self._text_equal(v, e) for v in values for e in self.one_of)
-            return ConditionResult(
-                ok, f"{subject} {shown} {'is' if ok else 'is not'} one of {self.one_of!r}{case}"
-            )
+            return ConditionResult(ok, f"{subject} {shown} {'is' if ok else 'is not'} one of {self.one_of!r}{case}")
         if self.regex is not None:
             if self._pattern is None:
                 raise RoutingError(self._regex_error or f"regex {self.regex!r} was not compiled")
@@ -276,9 +274,7 @@ class TagCondition(_ValueTest):
                 return ConditionResult(
                     False, f"{self.tag} {shown} is not numeric; required within {self.range.describe()}"
                 )
-            return ConditionResult(
-                ok, f"{self.tag} {shown} {'is' if ok else 'is not'} within {self.range.describe()}"
-            )
+            return ConditionResult(ok, f"{self.tag} {shown} {'is' if ok else 'is not'} within {self.range.describe()}")
         return self._test(values, self.tag)
 
 
@@ -315,9 +311,7 @@ class AllCondition(_Model):
     def evaluate(self, ctx: _Context) -> ConditionResult:
         results = tuple(c.evaluate(ctx) for c in self.all)
         ok = all(r.matched for r in results)
-        return ConditionResult(
-            ok, f"all of ({sum(r.matched for r in results)}/{len(results)} hold):", results
-        )
+        return ConditionResult(ok, f"all of ({sum(r.matched for r in results)}/{len(results)} hold):", results)
 
     def regex_errors(self) -> list[str]:
         return [e for c in self.all for e in c.regex_errors()]
@@ -329,9 +323,7 @@ class AnyCondition(_Model):
     def evaluate(self, ctx: _Context) -> ConditionResult:
         results = tuple(c.evaluate(ctx) for c in self.any)
         ok = any(r.matched for r in results)
-        return ConditionResult(
-            ok, f"any of ({sum(r.matched for r in results)}/{len(results)} hold):", results
-        )
+        return ConditionResult(ok, f"any of ({sum(r.matched for r in results)}/{len(results)} hold):", results)
 
     def regex_errors(self) -> list[str]:
         return [e for c in self.any for e in c.regex_errors()]
@@ -393,9 +385,7 @@ class Route(_Model):
     when: Condition | None = Field(default=None, description="No condition: the route matches every series.")
     pipelines: list[Annotated[str, Field(pattern=PIPELINE_NAME_PATTERN)]] = Field(min_length=1)
     destinations: list[str] = Field(default_factory=list, description="Names under `destinations:`.")
-    continue_: bool = Field(
-        default=False, alias="continue", description="Also try the routes after this one."
-    )
+    continue_: bool = Field(default=False, alias="continue", description="Also try the routes after this one.")
     fallback: bool = Field(default=False, description="Applies only when no other route matched.")
 
     @model_validator(mode="after")
@@ -503,9 +493,7 @@ def load_routes_from_yaml(path: Path) -> RoutingSection:
         from node.export.destinations import parse_destinations
 
         parse_destinations(destinations)  # fail fast on a bad destination too
-    return RoutingSection.model_validate(
-        {"routes": document.get("routes") or [], "destinations": destinations}
-    )
+    return RoutingSection.model_validate({"routes": document.get("routes") or [], "destinations": destinations})
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -524,9 +512,7 @@ class RouteEvaluation:
         if not self.considered:
             verdict = "not considered (an earlier route matched without `continue`)"
         elif self.route.fallback:
-            verdict = (
-                "APPLIES (no other route matched)" if self.matched else "not needed (another route matched)"
-            )
+            verdict = "APPLIES (no other route matched)" if self.matched else "not needed (another route matched)"
         else:
             verdict = "MATCHES" if self.matched else "does not match"
         lines = [f"{head}: {verdict}"]
@@ -564,8 +550,7 @@ class RoutingDecision:
         else:
             names = ", ".join(repr(r.name) for r in self.matched)
             lines.append(
-                f"decision: {names} -> pipelines {list(self.pipelines)}, destinations "
-                f"{list(self.destinations)}"
+                f"decision: {names} -> pipelines {list(self.pipelines)}, destinations {list(self.destinations)}"
             )
         return "\n".join(lines)
 
@@ -598,9 +583,7 @@ def evaluate_routes(
     called_ae: str,
 ) -> RoutingDecision:
     """Decide which routes apply to one series; every route is evaluated so the explanation is complete."""
-    attrs: Mapping[str, object] = (
-        attributes_from_dataset(attributes) if isinstance(attributes, Dataset) else attributes
-    )
+    attrs: Mapping[str, object] = attributes_from_dataset(attributes) if isinstance(attributes, Dataset) else attributes
     ctx = _Context(attrs, calling_ae.strip(), called_ae.strip())
     evaluations: list[RouteEvaluation] = []
     matched: list[Route] = []
@@ -621,9 +604,7 @@ def evaluate_routes(
         used_fallback = not matched
         if used_fallback:
             matched.append(fallback)
-        evaluations.append(
-            RouteEvaluation(fallback, used_fallback, True, ConditionResult(used_fallback, "fallback"))
-        )
+        evaluations.append(RouteEvaluation(fallback, used_fallback, True, ConditionResult(used_fallback, "fallback")))
     series_uid = attrs.get("SeriesInstanceUID")
     if matched:
         log.info(

@@ -62,7 +62,9 @@ class StoreSCP:
 
         self.process = subprocess.Popen(
             [STORESCP, "-aet", self.aet, "+B", "-od", str(self.out_dir), str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dcmtk_env(),
         )
         wait_until(lambda: port_open(self.port), 10, "storescp to listen")
         return self
