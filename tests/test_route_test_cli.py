@@ -1,7 +1,7 @@
 """`ainode route-test DIR`: real CT headers plus result objects, grouped by series, routes explained.
 
-Run as a subprocess of ``python -m node.cli.route_cmd`` (the same ``register``/``run`` that ``ainode``
-wires through ``_COMMAND_MODULES``), so the test sees exactly what an operator sees.
+Run as a subprocess of ``python -m node`` (the ``ainode`` entry point), so the test sees exactly what an
+operator sees.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ routes:
 
 def route_test(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli.route_cmd", "route-test", *args],
+        [sys.executable, "-m", "node", "route-test", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
