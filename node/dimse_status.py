@@ -17,6 +17,12 @@ class StoreStatus(enum.IntEnum):
     CANNOT_UNDERSTAND = 0xC000
     PROCESSING_FAILURE = 0x0110
     REFUSED_NOT_AUTHORIZED = 0x0124
+    # Further codes a C-STORE SCP may answer (PS3.7 C.4.2), classified by node/export/failures.py.
+    DUPLICATE_SOP_INSTANCE = 0x0111
+    INVALID_OBJECT_INSTANCE = 0x0117
+    NO_SUCH_SOP_CLASS = 0x0118
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    CANCEL = 0xFE00
 
 
 class EchoStatus(enum.IntEnum):

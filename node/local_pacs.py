@@ -42,7 +42,9 @@ class LocalOrthanc:
         extra_config: dict[str, Any] | None = None,
         http_port: int | None = None,
         dicom_port: int | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
+        """``credentials``: (user, password) turns on HTTP basic auth; the helpers below then use it."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
@@ -72,6 +74,10 @@ class LocalOrthanc:
             lua_path = workdir / "autoroute.lua"
             lua_path.write_text(lua_script)
             config["LuaScripts"] = [str(lua_path)]
+        self.auth: tuple[str, str] | None = credentials
+        if credentials is not None:
+            config["AuthenticationEnabled"] = True
+            config["RegisteredUsers"] = {credentials[0]: credentials[1]}
         config.update(extra_config or {})
         self.config_path = workdir / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
@@ -97,7 +103,7 @@ class LocalOrthanc:
             if not port_open(self.dicom_port):
                 return False
             try:
-                return httpx.get(f"{self.url}/system", timeout=1).status_code == 200
+                return httpx.get(f"{self.url}/system", timeout=1, auth=self.auth).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -124,17 +130,17 @@ class LocalOrthanc:
 
     # --- REST helpers -------------------------------------------------------------------------
     def get(self, path: str) -> Any:
-        r = httpx.get(f"{self.url}{path}", timeout=30)
+        r = httpx.get(f"{self.url}{path}", timeout=30, auth=self.auth)
         r.raise_for_status()
         return r.json()
 
     def post(self, path: str, body: Any, timeout_s: float = 120) -> Any:
-        r = httpx.post(f"{self.url}{path}", json=body, timeout=timeout_s)
+        r = httpx.post(f"{self.url}{path}", json=body, timeout=timeout_s, auth=self.auth)
         r.raise_for_status()
         return r.json()
 
     def upload(self, path: Path) -> dict[str, Any]:
-        r = httpx.post(f"{self.url}/instances", content=path.read_bytes(), timeout=60)
+        r = httpx.post(f"{self.url}/instances", content=path.read_bytes(), timeout=60, auth=self.auth)
         r.raise_for_status()
         result: dict[str, Any] = r.json()
         return result
@@ -152,7 +158,7 @@ class LocalOrthanc:
 
     def series_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
         """QIDO-RS (DICOMweb): the series Orthanc holds for a study, as DICOM JSON."""
-        r = httpx.get(f"{self.dicomweb_url}/studies/{study_instance_uid}/series", timeout=30)
+        r = httpx.get(f"{self.dicomweb_url}/studies/{study_instance_uid}/series", timeout=30, auth=self.auth)
         if r.status_code == 204:
             return []
         r.raise_for_status()

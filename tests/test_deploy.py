@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pydicom
 
+from node.config import load_config
 from node.export.destinations import parse_destinations
 from node.route.rules import evaluate_routes, load_routes_from_yaml
 from tests.peers.dcmtk import STORESCP
@@ -21,6 +22,9 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
 def test_example_node_yaml_validates_and_routes_real_ct() -> None:
+    config = load_config(DEPLOY / "node.yaml")  # the node's own loader: every section, cross-checks
+    assert {c.ae_title for c in config.dicom.allowed_callers} == {"ORTHANC", "HEALTHCHECK"}
+    assert set(config.destinations) == {"pacs", "pacs-web"}
     section = load_routes_from_yaml(DEPLOY / "node.yaml")
     assert section.destinations is not None
     assert set(parse_destinations(section.destinations)) == {"pacs", "pacs-web"}

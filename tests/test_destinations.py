@@ -7,6 +7,7 @@ answer C-STORE with 0xA700 / 0xC000 on demand, so a pynetdicom SCP plays that pa
 from __future__ import annotations
 
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ import httpx
 import pydicom
 import pytest
 from pydantic import ValidationError
+from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+from node.dimse_status import StoreStatus
 from node.errors import DeliveryError
+from node.export import dimse as dimse_module
 from node.export.backoff import RetryPolicy, backoff_ceiling, next_retry_delay
 from node.export.destinations import (
     DeliveryReport,
@@ -25,10 +29,13 @@ from node.export.destinations import (
     build_destination,
     parse_destinations,
 )
-from node.export.failures import Outcome, StoreStatus, classify_store_status
+from node.export.failures import Outcome, classify_store_status, describe_http_status, http_status_is_transient
+from node.export.stowrs import outcomes_from_stow_response as stow_outcomes
 from tests.peers.net import free_port
 from tests.peers.orthanc import OrthancPeer
+from tests.peers.tls_proxy import TlsProxy
 from tests.result_objects import PHILIPS_CT, ct_files, make_results, make_secondary_capture
+from tests.tls_certs import make_tls_files
 
 NODE_AET = "AINODE"
 
@@ -143,9 +150,13 @@ def test_dimse_unsupported_sop_class_is_permanent_per_file(
     ds.save_as(bogus, enforce_file_format=True)
     destination = dimse(pacs)
 
-    report = destination.send([results[0], bogus])
-    assert [o.delivered for o in report.outcomes] == [True, False]
-    assert report.outcomes[1].permanent is True
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    report = destination.send([junk, results[0], bogus])
+    assert [o.path for o in report.outcomes] == [junk, results[0], bogus]  # the caller's order
+    assert [o.delivered for o in report.outcomes] == [False, True, False]
+    assert report.outcomes[0].permanent is True
+    assert report.outcomes[2].permanent is True
     with pytest.raises(DeliveryError) as err:
         report.raise_for_failures()
     assert err.value.permanent is True
@@ -156,11 +167,66 @@ def test_dimse_unsupported_sop_class_is_permanent_per_file(
     assert "presentation contexts" in str(only_bogus.value)
 
 
-def test_dimse_status_codes_from_a_pynetdicom_scp(results: list[Path]) -> None:
+def test_dimse_tls_with_real_orthanc(tmp_path: Path, results: list[Path]) -> None:
+    certs = make_tls_files(tmp_path / "tls")
+    tls_orthanc = OrthancPeer(
+        tmp_path / "orthanc-tls",
+        modalities={"node": (NODE_AET, "127.0.0.1", free_port())},
+        extra_config={
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(certs.server_cert),
+            "DicomTlsPrivateKey": str(certs.server_key),
+            "DicomTlsTrustedCertificates": str(certs.ca_cert),
+            "DicomTlsRemoteCertificateRequired": True,
+        },
+    )
+
+    def destination(**tls: str) -> Any:
+        cfg = {
+            "type": "dimse",
+            "ae_title": tls_orthanc.aet,
+            "host": "127.0.0.1",
+            "port": tls_orthanc.dicom_port,
+            "calling_ae_title": NODE_AET,
+            "timeout_s": 10,
+            "tls": tls,
+        }
+        return build_destination("tls", parse_destinations({"tls": cfg})["tls"])
+
+    mutual = {"ca_file": str(certs.ca_cert), "cert_file": str(certs.client_cert), "key_file": str(certs.client_key)}
+    with tls_orthanc:
+        report = destination(**mutual).send(results)
+        assert report.ok, report.failed
+        assert tls_orthanc.instance_count() == len(results)
+
+        with pytest.raises(DeliveryError) as untrusted:
+            destination(**{**mutual, "ca_file": str(certs.other_ca_cert)}).send(results)
+        assert untrusted.value.permanent is True and "CERTIFICATE_VERIFY_FAILED" in str(untrusted.value)
+
+        with pytest.raises(DeliveryError) as no_client_cert:
+            destination(ca_file=str(certs.ca_cert)).send(results)
+        assert no_client_cert.value.permanent is True and "TLS" in str(no_client_cert.value)
+
+        tls_orthanc.stop()
+        with pytest.raises(DeliveryError) as down:
+            destination(**mutual).send(results)
+        assert down.value.permanent is False  # a TLS destination that is down is still transient
+
+
+def test_dimse_status_codes_from_a_pynetdicom_scp(results: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake peer (see module docstring): answers each SOP class with a chosen status."""
+    nodelay: list[int] = []
+    original_on_open = dimse_module._AssociationEvents._on_open
+
+    def spy_on_open(self: Any, event: Any) -> None:
+        original_on_open(self, event)
+        sock = event.assoc.dul.socket.socket
+        nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(dimse_module._AssociationEvents, "_on_open", spy_on_open)
     status_by_class = {
-        "1.2.840.10008.5.1.4.1.1.7": StoreStatus.REFUSED_OUT_OF_RESOURCES,  # SC: transient
-        "1.2.840.10008.5.1.4.1.1.88.34": StoreStatus.ERROR_CANNOT_UNDERSTAND,  # SR: permanent
+        "1.2.840.10008.5.1.4.1.1.7": StoreStatus.OUT_OF_RESOURCES,  # SC: transient
+        "1.2.840.10008.5.1.4.1.1.88.34": StoreStatus.CANNOT_UNDERSTAND,  # SR: permanent
     }
     requested: list[tuple[str, str]] = []
 
@@ -196,6 +262,7 @@ def test_dimse_status_codes_from_a_pynetdicom_scp(results: list[Path]) -> None:
         ds = pydicom.dcmread(p, stop_before_pixels=True)
         expected.add((str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
     assert sorted(requested) == sorted(expected)
+    assert nodelay == [1]  # Nagle off on our socket (REAL-PEERS.md: 30x slower C-STOREs otherwise)
     with pytest.raises(DeliveryError) as err:
         report.raise_for_failures()
     assert err.value.permanent is False  # one failure is transient: a retry can still make progress
@@ -273,6 +340,58 @@ def test_orthanc_rest_wrong_url_is_permanent(pacs: OrthancPeer, results: list[Pa
     assert err.value.permanent is True
 
 
+def test_https_destinations_verify_the_server_certificate(
+    pacs: OrthancPeer, tmp_path: Path, results: list[Path]
+) -> None:
+    certs = make_tls_files(tmp_path / "tls")
+    proxy = TlsProxy(tmp_path / "nginx", upstream_port=pacs.http_port, cert=certs.server_cert, key=certs.server_key)
+    with proxy:
+        trusted = {"ca_file": str(certs.ca_cert)}
+        other = {"ca_file": str(certs.other_ca_cert)}
+        web = parse_destinations(
+            {
+                "ok": {"type": "stow-rs", "url": f"{proxy.url}/dicom-web", "tls": trusted},
+                "untrusted": {"type": "stow-rs", "url": f"{proxy.url}/dicom-web", "tls": other},
+                "rest-ok": {"type": "orthanc-rest", "url": proxy.url, "tls": trusted},
+                "rest-untrusted": {"type": "orthanc-rest", "url": proxy.url},  # system CAs: not ours
+            }
+        )
+        build_destination("ok", web["ok"]).ping()
+        assert build_destination("ok", web["ok"]).send(results[:1]).ok
+        assert build_destination("rest-ok", web["rest-ok"]).send(results[1:]).ok
+        assert pacs.instance_count() == len(results)
+        for name in ("untrusted", "rest-untrusted"):
+            with pytest.raises(DeliveryError) as err:
+                build_destination(name, web[name]).send(results)
+            assert err.value.permanent is True, name
+            assert "CERTIFICATE_VERIFY_FAILED" in str(err.value), str(err.value)
+
+
+def test_http_destinations_authenticate(tmp_path: Path, results: list[Path]) -> None:
+    with OrthancPeer(tmp_path / "orthanc-auth", credentials=("ainode", "s3cret")) as peer:
+        good = {"type": "basic", "username": "ainode", "password": "s3cret"}
+        bad = {**good, "password": "wrong"}
+        cfg = parse_destinations(
+            {
+                "stow": {"type": "stow-rs", "url": peer.dicomweb_url, "auth": good},
+                "stow-bad": {"type": "stow-rs", "url": peer.dicomweb_url, "auth": bad},
+                "stow-bearer": {"type": "stow-rs", "url": peer.dicomweb_url, "auth": {"type": "bearer", "token": "x"}},
+                "rest": {"type": "orthanc-rest", "url": peer.url, "username": "ainode", "password": "s3cret"},
+                "rest-none": {"type": "orthanc-rest", "url": peer.url},
+            }
+        )
+        build_destination("stow", cfg["stow"]).ping()
+        assert build_destination("stow", cfg["stow"]).send(results[:1]).ok
+        assert build_destination("rest", cfg["rest"]).send(results[1:]).ok
+        assert peer.instance_count() == len(results)
+        for name in ("stow-bad", "stow-bearer", "rest-none"):
+            with pytest.raises(DeliveryError) as err:
+                build_destination(name, cfg[name]).send(results)
+            assert err.value.permanent is True, name
+            assert "HTTP 401" in str(err.value) and "credentials" in str(err.value)
+            assert "s3cret" not in str(err.value)
+
+
 # --- classification, config, backoff (no peer) ----------------------------------------------------
 
 
@@ -280,14 +399,14 @@ def test_orthanc_rest_wrong_url_is_permanent(pacs: OrthancPeer, results: list[Pa
     ("code", "outcome"),
     [
         (StoreStatus.SUCCESS, Outcome.DELIVERED),
-        (StoreStatus.WARNING_COERCION_OF_DATA_ELEMENTS, Outcome.DELIVERED),
+        (StoreStatus.WARNING_COERCION, Outcome.DELIVERED),
         (StoreStatus.DUPLICATE_SOP_INSTANCE, Outcome.DELIVERED),
-        (StoreStatus.REFUSED_OUT_OF_RESOURCES, Outcome.TRANSIENT),
-        (StoreStatus.REFUSED_OUT_OF_RESOURCES + 0x21, Outcome.TRANSIENT),
-        (StoreStatus.ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS + 0x05, Outcome.PERMANENT),
-        (StoreStatus.ERROR_CANNOT_UNDERSTAND + 0x123, Outcome.PERMANENT),
+        (StoreStatus.OUT_OF_RESOURCES, Outcome.TRANSIENT),
+        (StoreStatus.OUT_OF_RESOURCES + 0x21, Outcome.TRANSIENT),
+        (StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS + 0x05, Outcome.PERMANENT),
+        (StoreStatus.CANNOT_UNDERSTAND + 0x123, Outcome.PERMANENT),
         (StoreStatus.SOP_CLASS_NOT_SUPPORTED, Outcome.PERMANENT),
-        (StoreStatus.NOT_AUTHORIZED, Outcome.PERMANENT),
+        (StoreStatus.REFUSED_NOT_AUTHORIZED, Outcome.PERMANENT),
         (StoreStatus.PROCESSING_FAILURE, Outcome.TRANSIENT),
     ],
 )
@@ -340,3 +459,44 @@ def test_backoff_full_jitter_is_bounded_deterministic_and_limited() -> None:
     with pytest.raises(ValidationError):
         RetryPolicy(base_delay_s=10, max_delay_s=5)
     assert backoff_ceiling(10_000, policy) == 60  # no overflow for absurd attempt numbers
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [
+        (500, True),
+        (503, True),
+        (429, True),
+        (408, True),
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (409, False),
+        (413, False),
+    ],
+)
+def test_http_status_classification(status: int, transient: bool) -> None:
+    assert http_status_is_transient(status) is transient
+    assert f"HTTP {status}" in describe_http_status(status, "http://pacs/dicom-web")
+
+
+def test_stow_response_per_instance_outcomes() -> None:
+    """A STOW-RS 202/409 body (PS3.18 10.5.3) mapped to per-file outcomes with C-STORE semantics."""
+    paths = {"1.1": Path("a.dcm"), "1.2": Path("b.dcm"), "1.3": Path("c.dcm"), "1.4": Path("d.dcm")}
+    body = Dataset()
+    stored = Dataset()
+    stored.ReferencedSOPInstanceUID = "1.1"
+    body.ReferencedSOPSequence = [stored]
+    failures = []
+    for uid, reason in (("1.2", StoreStatus.OUT_OF_RESOURCES), ("1.3", StoreStatus.CANNOT_UNDERSTAND)):
+        item = Dataset()
+        item.ReferencedSOPInstanceUID = uid
+        item.FailureReason = int(reason)
+        failures.append(item)
+    body.FailedSOPSequence = failures
+    outcomes = stow_outcomes(body, paths, "http://pacs/dicom-web")
+    assert outcomes[Path("a.dcm")].delivered
+    assert outcomes[Path("b.dcm")].permanent is False
+    assert outcomes[Path("c.dcm")].permanent is True
+    assert outcomes[Path("d.dcm")].permanent is False  # not mentioned by the server: retry it

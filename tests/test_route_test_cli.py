@@ -1,7 +1,7 @@
 """`ainode route-test DIR`: real CT headers plus result objects, grouped by series, routes explained.
 
-Run as a subprocess of ``python -m node.cli.route_cmd`` (the same ``register``/``run`` that ``ainode``
-wires through ``_COMMAND_MODULES``), so the test sees exactly what an operator sees.
+Run as a subprocess of ``python -m node`` (the ``ainode`` entry point), so the test sees exactly what an
+operator sees.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ routes:
 
 def route_test(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli.route_cmd", "route-test", *args],
+        [sys.executable, "-m", "node", "route-test", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -98,6 +98,13 @@ def test_route_test_reports_a_bad_config(tmp_path: Path) -> None:
     result = route_test(str(folder), "--config", str(config))
     assert result.returncode == 2
     assert "route 'thin-chest-ct': invalid regex '(unclosed'" in result.stderr
+
+    unindexed = tmp_path / "unindexed.yaml"
+    unindexed.write_text(CONFIG.replace("tag: SliceThickness, range: {max: 3.0}", "tag: KVP, range: {max: 120}"))
+    warned = route_test(str(folder), "--config", str(unindexed))
+    assert warned.returncode == 0
+    assert "route 'thin-chest-ct' tests ['KVP'], which the node's index does not keep" in warned.stderr
+    assert "KVP absent is not within" in warned.stdout  # evaluated as the running node would
 
     missing = route_test(str(folder), "--config", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "not found" in missing.stderr

@@ -16,6 +16,7 @@ from node.route.rules import (
     evaluate_routes,
     load_routes_from_yaml,
     parse_routes,
+    unindexed_keywords,
 )
 from tests.result_objects import PHILIPS_CT, SIEMENS_CT, ct_files
 
@@ -254,6 +255,13 @@ def test_bad_config_is_a_validation_error_naming_the_field(raw: list[dict[str, A
 def test_unknown_destination_is_rejected() -> None:
     with pytest.raises(ValidationError, match=r"route 'r' names unknown destination\(s\) \['nope'\]"):
         parse_routes([{"name": "r", "pipelines": ["p"], "destinations": ["nope"]}], destinations={"pacs": {}})
+
+
+def test_unindexed_keywords() -> None:
+    routes = parse_routes(yaml.safe_load(ROUTES_YAML)) + one_route(
+        {"any": [{"tag": "KVP", "range": {"max": 100}}, {"not": {"tag": "Modality", "equals": "CT"}}]}
+    )
+    assert unindexed_keywords(routes, ["Modality", "SliceThickness"]) == {"r": ["KVP"]}
 
 
 def test_regex_compiled_once_at_load() -> None:

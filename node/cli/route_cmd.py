@@ -90,7 +90,8 @@ def _quiet_logs() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.route.rules import evaluate_routes, load_routes_from_yaml
+    from node.route.rules import attributes_from_dataset, evaluate_routes, load_routes_from_yaml, unindexed_keywords
+    from node.store.ingest import ROUTING_KEYWORDS
 
     _quiet_logs()
 
@@ -105,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.directory.is_dir():
         print(f"route-test: {args.directory} is not a directory", file=sys.stderr)
         return 2
+    for route_name, keywords in unindexed_keywords(section.routes, ROUTING_KEYWORDS).items():
+        print(
+            f"route-test: WARNING route {route_name!r} tests {keywords}, which the node's index does not keep: "
+            f"the running node sees them as absent (indexed: {', '.join(ROUTING_KEYWORDS)})",
+            file=sys.stderr,
+        )
     groups = group_by_series(args.directory)
     if not groups:
         print(f"route-test: no DICOM files under {args.directory}", file=sys.stderr)
@@ -112,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
 
     records: list[dict[str, Any]] = []
     for group in groups:
-        decision = evaluate_routes(section.routes, group.first, args.calling_ae, args.called_ae)
+        # The same attributes the running node routes on: those its index keeps per series.
+        attributes = {k: v for k, v in attributes_from_dataset(group.first).items() if k in ROUTING_KEYWORDS}
+        attributes["SeriesInstanceUID"] = group.series_instance_uid
+        decision = evaluate_routes(section.routes, attributes, args.calling_ae, args.called_ae)
         ds = group.first
         records.append(
             {

@@ -27,7 +27,6 @@ whether retrying can help.
 
 from __future__ import annotations
 
-import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,19 +49,16 @@ from node.errors import DeliveryError
 
 # --- identifiers ---------------------------------------------------------------------------------
 
-# PS3.5 AE title: 1-16 characters of the default repertoire, no backslash, no control characters,
-# not only spaces.
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 # Destination names become log fields and index keys: keep them boring.
 DESTINATION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 def validate_ae_title(value: str) -> str:
-    if not _AE_TITLE.match(value) or not value.strip():
-        raise ValueError(
-            f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash, not blank)"
-        )
-    return value.strip()
+    # One AE-title rule for the whole node, kept in node.config; imported here at validation time
+    # because node.config itself imports this module.
+    from node.config import validate_ae_title as validate
+
+    return validate(value)
 
 
 # --- config models -------------------------------------------------------------------------------
@@ -106,10 +102,18 @@ class HttpTls(_Model):
     ca_file: FilePath | None = Field(default=None, description="CA bundle that signed the server certificate.")
 
     def requests_verify(self) -> bool | str:
-        """The ``verify`` argument of requests/httpx: False, True or a CA bundle path."""
+        """The ``verify`` argument of requests: False, True or a CA bundle path."""
         if not self.verify:
             return False
         return str(self.ca_file) if self.ca_file is not None else True
+
+    def httpx_verify(self) -> bool | ssl.SSLContext:
+        """The ``verify`` argument of httpx (a path string is deprecated there): False, True or a context."""
+        if not self.verify:
+            return False
+        if self.ca_file is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
 
 class DimseDestinationConfig(_Model):

@@ -7,6 +7,7 @@ presentation context per pair, so every file has a context that fits it without 
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,9 +21,15 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
+from node.dimse_status import (
+    AssociateRejectReason,
+    AssociateRejectResult,
+    AssociateRejectSource,
+    EchoStatus,
+)
 from node.errors import DeliveryError
 from node.export.destinations import DeliveryReport, DimseDestinationConfig, FileOutcome
-from node.export.failures import Outcome, StoreStatus, classify_store_status
+from node.export.failures import Outcome, classify_store_status
 
 # Identifiers of C-FIND/C-MOVE/N-* can carry patient data; pynetdicom must never log them.
 _config.LOG_REQUEST_IDENTIFIERS = False
@@ -31,13 +38,6 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
 # PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) per association.
 MAX_PRESENTATION_CONTEXTS = 128
-
-# A-ASSOCIATE-RJ (PS3.8 9.3.4): result 2 = rejected-transient; reasons that mean "busy, try later".
-_REJECT_RESULT_TRANSIENT = 0x02
-_REJECT_SOURCE_PROVIDER_PRESENTATION = 0x03
-_REJECT_SOURCE_USER = 0x01
-_REJECT_REASON_CALLING_AE_NOT_RECOGNIZED = 0x03
-_REJECT_REASON_CALLED_AE_NOT_RECOGNIZED = 0x07
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,12 @@ class DimseDestination:
         self, assoc: Association, events: _AssociationEvents, contexts: Sequence[tuple[UID, UID]]
     ) -> DeliveryError:
         rsp = events.association_response
+        if self.config.tls is not None and not assoc.is_rejected:
+            # pynetdicom reports a failed TLS handshake like a refused connection, and a peer that
+            # refuses our client certificate (TLS 1.3) like an abort. A handshake of our own tells.
+            tls_error = self._tls_diagnosis()
+            if tls_error is not None:
+                return tls_error
         if not events.connected:
             return DeliveryError(
                 f"cannot connect to {self._peer}: connection refused or timed out "
@@ -166,16 +172,16 @@ class DimseDestination:
                 permanent=False,
             )
         if assoc.is_rejected and rsp is not None:
-            transient = rsp.result == _REJECT_RESULT_TRANSIENT or (
-                rsp.result_source == _REJECT_SOURCE_PROVIDER_PRESENTATION
+            transient = rsp.result == AssociateRejectResult.REJECTED_TRANSIENT or (
+                rsp.result_source == AssociateRejectSource.SERVICE_PROVIDER_PRESENTATION
             )
             hint = ""
-            if rsp.result_source == _REJECT_SOURCE_USER and rsp.diagnostic == (
-                _REJECT_REASON_CALLING_AE_NOT_RECOGNIZED
+            if rsp.result_source == AssociateRejectSource.SERVICE_USER and rsp.diagnostic == (
+                AssociateRejectReason.CALLING_AE_NOT_RECOGNIZED
             ):
                 hint = f": add calling AE {self.config.calling_ae_title!r} to the peer's known modalities"
-            elif rsp.result_source == _REJECT_SOURCE_USER and rsp.diagnostic == (
-                _REJECT_REASON_CALLED_AE_NOT_RECOGNIZED
+            elif rsp.result_source == AssociateRejectSource.SERVICE_USER and rsp.diagnostic == (
+                AssociateRejectReason.CALLED_AE_NOT_RECOGNIZED
             ):
                 hint = f": the peer's AE title is not {self.config.ae_title!r}; fix ae_title"
             return DeliveryError(
@@ -192,6 +198,32 @@ class DimseDestination:
             )
         return DeliveryError(f"association with {self._peer} aborted during negotiation; will retry", permanent=False)
 
+    def _tls_diagnosis(self) -> DeliveryError | None:
+        """A permanent error if a TLS handshake with the peer fails on certificates; None otherwise."""
+        tls = self.config.tls
+        if tls is None:
+            return None
+        try:
+            raw = socket.create_connection((self.config.host, self.config.port), timeout=self.config.timeout_s)
+        except OSError:
+            return None  # TCP itself fails: the transient "cannot connect" stands
+        try:
+            with tls.ssl_context().wrap_socket(raw, server_hostname=tls.server_hostname or self.config.host) as conn:
+                # A server that refuses our certificate says so just after the handshake (TLS 1.3).
+                conn.settimeout(min(self.config.timeout_s, 2.0))
+                conn.recv(1)
+        except ssl.SSLError as exc:
+            return DeliveryError(
+                f"TLS with {self._peer} failed ({exc.reason or exc}): check tls.ca_file, tls.cert_file/key_file "
+                "and that the peer expects TLS",
+                permanent=True,
+            )
+        except OSError:
+            return None  # timeout or closed connection: the handshake itself was fine
+        finally:
+            raw.close()
+        return None
+
     # --- public API ----------------------------------------------------------------------------
     def ping(self) -> None:
         with self._associate([(VERIFICATION_SOP_CLASS, ImplicitVRLittleEndian)]) as (assoc, _events):
@@ -199,7 +231,7 @@ class DimseDestination:
             code = status.get("Status") if status else None
             if code is None:
                 raise DeliveryError(f"no C-ECHO response from {self._peer}; will retry", permanent=False)
-            if code != StoreStatus.SUCCESS:
+            if code != EchoStatus.SUCCESS:
                 raise DeliveryError(f"C-ECHO to {self._peer} answered 0x{code:04X}", permanent=True)
 
     def send(self, paths: Sequence[Path]) -> DeliveryReport:
@@ -214,6 +246,9 @@ class DimseDestination:
         # Normally one association; more only when the files span more than 128 context pairs.
         for chunk in _chunk_by_contexts(files):
             outcomes.extend(self._send_chunk(chunk, nothing_delivered_yet=not any(o.delivered for o in outcomes)))
+        # Report in the caller's order (unreadable files were set aside before sending).
+        position = {Path(p): i for i, p in reversed(list(enumerate(paths)))}
+        outcomes.sort(key=lambda o: position.get(o.path, len(position)))
         report = DeliveryReport(self.name, tuple(outcomes))
         self._log.info(
             "dimse_send_done",

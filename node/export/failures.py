@@ -16,27 +16,7 @@ import enum
 from dataclasses import dataclass
 from http import HTTPStatus
 
-
-class StoreStatus(enum.IntEnum):
-    """C-STORE response status codes (PS3.4 B.2.3, PS3.7 C) the node reacts to by name."""
-
-    SUCCESS = 0x0000
-    WARNING_COERCION_OF_DATA_ELEMENTS = 0xB000
-    WARNING_ELEMENTS_DISCARDED = 0xB006
-    WARNING_DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
-    REFUSED_OUT_OF_RESOURCES = 0xA700  # 0xA7xx
-    ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # 0xA9xx
-    ERROR_CANNOT_UNDERSTAND = 0xC000  # 0xCxxx
-    PROCESSING_FAILURE = 0x0110
-    DUPLICATE_SOP_INSTANCE = 0x0111
-    NO_SUCH_SOP_CLASS = 0x0118
-    INVALID_OBJECT_INSTANCE = 0x0117
-    SOP_CLASS_NOT_SUPPORTED = 0x0122
-    NOT_AUTHORIZED = 0x0124
-    DUPLICATE_INVOCATION = 0x0210
-    MISTYPED_ARGUMENT = 0x0212
-    UNRECOGNIZED_OPERATION = 0x0211
-    CANCEL = 0xFE00
+from node.dimse_status import StoreStatus
 
 
 class Outcome(enum.Enum):
@@ -57,16 +37,17 @@ def classify_store_status(code: int) -> StatusVerdict:
     if code == StoreStatus.SUCCESS:
         return StatusVerdict(Outcome.DELIVERED, "stored")
     if code in (
-        StoreStatus.WARNING_COERCION_OF_DATA_ELEMENTS,
+        StoreStatus.WARNING_COERCION,
         StoreStatus.WARNING_ELEMENTS_DISCARDED,
-        StoreStatus.WARNING_DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        StoreStatus.WARNING_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     ):
         # Warnings mean the object was stored (PS3.4 B.2.3).
         return StatusVerdict(Outcome.DELIVERED, f"stored with warning {hexcode} {StoreStatus(code).name}")
     if code == StoreStatus.DUPLICATE_SOP_INSTANCE:
         # The peer already holds this SOP Instance UID: re-sending is idempotent, nothing to retry.
         return StatusVerdict(Outcome.DELIVERED, f"already stored at the peer ({hexcode} duplicate SOP instance)")
-    if code & 0xFF00 == StoreStatus.REFUSED_OUT_OF_RESOURCES:
+    # Families by high byte (PS3.4 B.2.3): 0xA7xx refused (resources), 0xA9xx / 0xCxxx errors.
+    if code & 0xFF00 == StoreStatus.OUT_OF_RESOURCES:
         return StatusVerdict(Outcome.TRANSIENT, f"peer refused: out of resources ({hexcode}); will retry")
     if code == StoreStatus.PROCESSING_FAILURE:
         # Generic "could not store right now" (full disk, database lock...): retry, bounded by the
@@ -74,15 +55,15 @@ def classify_store_status(code: int) -> StatusVerdict:
         return StatusVerdict(Outcome.TRANSIENT, f"peer reported a processing failure ({hexcode}); will retry")
     if code == StoreStatus.CANCEL:
         return StatusVerdict(Outcome.TRANSIENT, f"peer cancelled the C-STORE ({hexcode}); will retry")
-    if code & 0xFF00 == StoreStatus.ERROR_DATA_SET_DOES_NOT_MATCH_SOP_CLASS:
+    if code & 0xFF00 == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS:
         return StatusVerdict(
             Outcome.PERMANENT, f"peer rejected the object: data set does not match its SOP class ({hexcode})"
         )
-    if code & 0xF000 == StoreStatus.ERROR_CANNOT_UNDERSTAND:
+    if code & 0xF000 == StoreStatus.CANNOT_UNDERSTAND:
         return StatusVerdict(Outcome.PERMANENT, f"peer rejected the object: cannot understand it ({hexcode})")
     if code == StoreStatus.SOP_CLASS_NOT_SUPPORTED or code == StoreStatus.NO_SUCH_SOP_CLASS:
         return StatusVerdict(Outcome.PERMANENT, f"peer does not support this SOP class ({hexcode})")
-    if code == StoreStatus.NOT_AUTHORIZED:
+    if code == StoreStatus.REFUSED_NOT_AUTHORIZED:
         return StatusVerdict(
             Outcome.PERMANENT, f"peer says our AE is not authorised to store ({hexcode}); check its AE list"
         )

@@ -35,7 +35,7 @@ class OrthancRestDestination:
             password=password,
             return_raw_response=True,  # we classify status codes ourselves
             timeout=self.config.timeout_s,
-            verify=self.config.tls.requests_verify(),
+            verify=self.config.tls.httpx_verify(),
         )
 
     def ping(self) -> None:

@@ -27,6 +27,21 @@ from node.export.failures import (
 )
 
 
+class _ConfiguredTlsSession(requests.Session):
+    """A requests Session whose configured ``verify`` beats REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE.
+
+    requests lets those environment variables override ``Session.verify`` (psf/requests#3829), so a
+    destination's own ``tls.ca_file`` (or ``verify: false``) would be silently ignored on hosts that
+    set them. The default (verify with the system trust) still follows the environment.
+    """
+
+    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        settings: dict[str, Any] = super().merge_environment_settings(*args, **kwargs)
+        if self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
 class StowRsDestination:
     def __init__(self, name: str, config: StowRsDestinationConfig) -> None:
         self.name = name
@@ -35,7 +50,7 @@ class StowRsDestination:
         self._log = structlog.get_logger(__name__).bind(destination=name, url=self._url)
 
     def _session(self) -> requests.Session:
-        session = requests.Session()
+        session = _ConfiguredTlsSession()
         session.verify = self.config.tls.requests_verify()
         auth = self.config.auth
         if isinstance(auth, BearerAuth):
@@ -117,7 +132,7 @@ class StowRsDestination:
                     ) from exc
             except requests.RequestException as exc:
                 raise _request_failure(exc, url) from exc
-        return _outcomes_from_response(response_ds, path_of_uid, self._url)
+        return outcomes_from_stow_response(response_ds, path_of_uid, self._url)
 
 
 def _parse_body(response: requests.Response | None) -> Dataset | None:
@@ -131,7 +146,7 @@ def _parse_body(response: requests.Response | None) -> Dataset | None:
         return None
 
 
-def _outcomes_from_response(response: Dataset, path_of_uid: dict[str, Path], url: str) -> dict[Path, FileOutcome]:
+def outcomes_from_stow_response(response: Dataset, path_of_uid: dict[str, Path], url: str) -> dict[Path, FileOutcome]:
     outcomes: dict[Path, FileOutcome] = {}
     for item in response.get("ReferencedSOPSequence", []):
         uid = str(item.get("ReferencedSOPInstanceUID", ""))

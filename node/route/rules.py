@@ -401,6 +401,10 @@ class Route(_Model):
             raise ValueError(f"route {self.name!r}: a pipeline is listed twice")
         return self
 
+    def keywords(self) -> set[str]:
+        """DICOM keywords this route's conditions read."""
+        return _keywords(self.when) if self.when is not None else set()
+
     def evaluate(self, ctx: _Context) -> ConditionResult:
         if self.when is None:
             return ConditionResult(True, "no conditions (matches every series)")
@@ -435,6 +439,33 @@ class RoutingSection(_Model):
                         f"configured: {sorted(self.destinations)}"
                     )
         return self
+
+
+def _keywords(condition: BaseModel) -> set[str]:
+    if isinstance(condition, TagCondition):
+        return {condition.tag}
+    if isinstance(condition, AllCondition):
+        return set().union(*(_keywords(c) for c in condition.all))
+    if isinstance(condition, AnyCondition):
+        return set().union(*(_keywords(c) for c in condition.any))
+    if isinstance(condition, NotCondition):
+        return _keywords(condition.not_)
+    return set()
+
+
+def unindexed_keywords(routes: Sequence[Route], indexed: Iterable[str]) -> dict[str, list[str]]:
+    """Route name -> keywords it tests that the index does not keep.
+
+    The live node evaluates rules on the attributes the index stores per series; a rule on any other
+    keyword would always see "absent". Check this at start-up and refuse such a config.
+    """
+    available = set(indexed)
+    out: dict[str, list[str]] = {}
+    for route in routes:
+        missing = sorted(route.keywords() - available)
+        if missing:
+            out[route.name] = missing
+    return out
 
 
 def parse_routes(raw: object, destinations: Mapping[str, object] | None = None) -> list[Route]:
