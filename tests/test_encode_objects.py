@@ -143,6 +143,9 @@ def test_seg_round_trip(encoded: Encoded) -> None:
         assert algorithm is not None
         assert algorithm[0].AlgorithmName == "lungnod-test"
         assert algorithm[0].AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
+        # Orange in viewers (a colour from 0..1 components given as 0..255 would be black).
+        colour = hd.color.CIELabColor.from_dicom_value(description.RecommendedDisplayCIELabValue)
+        np.testing.assert_allclose(colour.to_rgb(), (255, 140, 0), atol=2)
     assert seg.Manufacturer.startswith("AINODE")
     assert seg.StudyInstanceUID == encoded.sources[0].StudyInstanceUID
     assert seg.FrameOfReferenceUID == encoded.sources[0].FrameOfReferenceUID
