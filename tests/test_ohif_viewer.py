@@ -19,12 +19,18 @@ SCRIPT = Path(__file__).resolve().parent / "browser" / "ohif_smoke.js"
 BROWSER_TIMEOUT_S = 420  # the script's own waits give up after 240 s each; this only guards a hang
 
 # Errors on the browser console that say a DICOM object could not be used.
-FATAL_CONSOLE_WORDS = ("Failed to load", "not supported", "Unsupported", "Error loading", "segmentation failed")
+FATAL_CONSOLE_WORDS = (
+    "Failed to load",
+    "not supported",
+    "Unsupported",
+    "Error loading",
+    "segmentation failed",
+)
 
 
 @pytest.mark.slow
 def test_ohif_lists_and_loads_seg_and_sr(tmp_path: Path) -> None:
-    assert ohif_available(), "OHIF dist, playwright-core, nginx or chromium missing: run scripts/install-peers.sh"
+    assert ohif_available(), "OHIF dist, playwright-core, nginx or chromium missing: see install-peers.sh"
     case = encode_siemens_case(tmp_path / "encoded")
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)

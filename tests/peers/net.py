@@ -17,7 +17,7 @@ def free_port() -> int:
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
-    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout_s`` (a deadline, not a sleep)."""
+    """Poll ``predicate`` until true; fail with ``what`` after ``timeout_s`` (a deadline, not a sleep)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():

@@ -184,7 +184,9 @@ class OhifServer:
         self.stop()
 
 
-def run_browser_script(script: Path, args: list[str], *, timeout_s: float) -> subprocess.CompletedProcess[str]:
+def run_browser_script(
+    script: Path, args: list[str], *, timeout_s: float
+) -> subprocess.CompletedProcess[str]:
     """Run a playwright-core node script; it gets CHROMIUM_BIN and CHROMIUM_ARGS in its environment."""
     env = {
         **os.environ,
