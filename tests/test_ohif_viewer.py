@@ -25,6 +25,8 @@ FATAL_CONSOLE_WORDS = (
     "Unsupported",
     "Error loading",
     "segmentation failed",
+    "Error Boundary",
+    "Something went wrong",
 )
 
 
@@ -51,6 +53,9 @@ def test_ohif_lists_and_loads_seg_and_sr(tmp_path: Path) -> None:
     assert "AI nodule SEG AI NOT FOR DIAGNOSTIC USE" in report["descriptions"]
     assert "AI nodule SR AI NOT FOR DIAGNOSTIC USE" in report["descriptions"]
     assert "Nodule 1" in report["segmentPanelText"] and "Nodule 2" in report["segmentPanelText"]
+    # The SR's measurements are drawn on the CT with their labels.
+    assert "Long axis: 16.00 mm" in report["srText"]
+    assert "Probability of cancer: 0.83" in report["srText"]
     assert report["pageErrors"] == [], report["pageErrors"]
     fatal = [e for e in report["consoleErrors"] if any(w.lower() in e.lower() for w in FATAL_CONSOLE_WORDS)]
     assert fatal == [], fatal

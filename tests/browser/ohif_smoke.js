@@ -71,7 +71,11 @@ function seriesItem(page, modality) {
   try {
     page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
     page.on('console', msg => {
-      if (msg.type() === 'error') report.consoleErrors.push(msg.text().slice(0, 300));
+      const text = msg.text();
+      // OHIF logs its React error boundary at debug level: watch every level for it.
+      if (msg.type() === 'error' || /Error Boundary|Something went wrong/.test(text)) {
+        report.consoleErrors.push(`${msg.type()}: ${text.slice(0, 300)}`);
+      }
     });
     page.on('pageerror', err => report.pageErrors.push(String(err).slice(0, 300)));
     page.setDefaultTimeout(DEADLINE_MS);
@@ -108,10 +112,14 @@ function seriesItem(page, modality) {
     await page.waitForTimeout(SETTLE_MS);
     await shot(page, '03-seg-loaded.png');
 
-    // 4. Double-clicking the SR opens it in a viewport without an error.
+    // 4. Double-clicking the SR shows its measurements on the CT: the key image, each nodule's long
+    //    axis labelled with its measurements (OHIF 3.12 draws SR annotations from the 2D SCOORD).
     await seriesItem(page, 'SR').first().dblclick();
     step('sr opened');
-    await page.waitForTimeout(SETTLE_MS * 3);
+    await waitForText(page, ['Long axis:', 'Probability of cancer:']);
+    await page.waitForFunction(canvasDrawn, null, { timeout: DEADLINE_MS, polling: 1000 });
+    step('sr drawn');
+    await page.waitForTimeout(SETTLE_MS);
     report.srText = (await bodyText(page)).slice(0, 3000);
     await shot(page, '04-sr.png');
     report.ok = true;
