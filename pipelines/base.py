@@ -65,13 +65,15 @@ class VolumeGeometry:
     def voxel_to_patient(self, zyx: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Voxel index/indices (..., 3) in (z, y, x) order to patient mm (..., 3)."""
         pts = np.asarray(zyx, dtype=np.float64)
-        return pts @ self.affine()[:3, :3].T + self.affine()[:3, 3]
+        result: npt.NDArray[np.float64] = pts @ self.affine()[:3, :3].T + self.affine()[:3, 3]
+        return result
 
     def patient_to_voxel(self, xyz: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Patient mm (..., 3) to fractional voxel indices (..., 3) in (z, y, x) order."""
         pts = np.asarray(xyz, dtype=np.float64)
         inv = np.linalg.inv(self.affine())
-        return pts @ inv[:3, :3].T + inv[:3, 3]
+        result: npt.NDArray[np.float64] = pts @ inv[:3, :3].T + inv[:3, 3]
+        return result
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,7 @@ class CTVolume:
         if self.hu.ndim != 3:
             raise ValueError(f"volume must be 3D (z, y, x), got shape {self.hu.shape}")
         if len(self.slices) != self.hu.shape[0]:
-            raise ValueError(
-                f"{len(self.slices)} source slices for a volume of {self.hu.shape[0]} slices"
-            )
+            raise ValueError(f"{len(self.slices)} source slices for a volume of {self.hu.shape[0]} slices")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -119,7 +119,7 @@ class CTVolume:
         return (z, y, x)
 
 
-class NoduleCategory(str, enum.Enum):
+class NoduleCategory(enum.StrEnum):
     SOLID = "solid"
     PART_SOLID = "part-solid"
     GROUND_GLASS = "ground-glass"
@@ -216,7 +216,7 @@ class Finding:
         }
 
 
-class ResultStatus(str, enum.Enum):
+class ResultStatus(enum.StrEnum):
     COMPLETED = "completed"
     NOT_APPLICABLE = "not_applicable"
 

@@ -1,7 +1,8 @@
 """Helpers for the encoder tests: a CTVolume from real DICOM files, and nodules drawn into its geometry.
 
-``load_ct`` is a small local loader (sort along the slice normal, rescale to HU); the AI engineer's
-``pipelines.loading.load_series`` replaces it once it lands on main.
+``load_ct`` is a small local loader (sort along the slice normal, rescale to HU) that works on in-memory
+datasets, so tests can edit headers (e.g. the character set) without writing files; a test checks that
+the node's ``pipelines.loading.load_series`` gives the same slices.
 """
 
 from __future__ import annotations
@@ -41,16 +42,13 @@ def load_ct(datasets: list[pydicom.Dataset]) -> CTVolume:
     iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
-    ordered = sorted(
-        datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient]))
-    )
+    ordered = sorted(datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))
     positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in ordered])
     dz = float(np.median(np.diff(positions @ normal)))
     dy, dx = (float(v) for v in first.PixelSpacing)
     hu = np.stack(
         [
-            ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1))
-            + float(ds.get("RescaleIntercept", 0))
+            ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
             for ds in ordered
         ]
     )
@@ -108,9 +106,7 @@ def sphere_finding(
 
 
 def result_with(findings: list[Finding]) -> PipelineResult:
-    return PipelineResult(
-        pipeline="lung-nodules", status=ResultStatus.COMPLETED, model=MODEL, findings=tuple(findings)
-    )
+    return PipelineResult(pipeline="lung-nodules", status=ResultStatus.COMPLETED, model=MODEL, findings=tuple(findings))
 
 
 def two_nodules(volume: CTVolume) -> PipelineResult:

@@ -62,9 +62,7 @@ def siemens() -> tuple[list[pydicom.Dataset], CTVolume]:
 
 
 @pytest.fixture(scope="module")
-def encoded(
-    siemens: tuple[list[pydicom.Dataset], CTVolume], tmp_path_factory: pytest.TempPathFactory
-) -> Encoded:
+def encoded(siemens: tuple[list[pydicom.Dataset], CTVolume], tmp_path_factory: pytest.TempPathFactory) -> Encoded:
     sources, volume = siemens
     result = two_nodules(volume)
     # Pass the sources in reverse file order: the encoder must match them by SOP Instance UID.
@@ -74,9 +72,7 @@ def encoded(
 
 
 @pytest.fixture(scope="module")
-def encoded_empty(
-    siemens: tuple[list[pydicom.Dataset], CTVolume], tmp_path_factory: pytest.TempPathFactory
-) -> Encoded:
+def encoded_empty(siemens: tuple[list[pydicom.Dataset], CTVolume], tmp_path_factory: pytest.TempPathFactory) -> Encoded:
     sources, volume = siemens
     result = result_with([])
     datasets = encode_results(result, volume, sources, uid_seed="job-43")
@@ -255,10 +251,7 @@ def test_sr_without_nodules_says_so(encoded_empty: Encoded) -> None:
     presence, sentence = _verdict(sr)
     assert presence == codes.SCT.Absent
     assert "no lung nodules found" in sentence and "NOT FOR DIAGNOSTIC USE" in sentence
-    assert (
-        sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID
-        == encoded_empty.sources[0].StudyInstanceUID
-    )
+    assert sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == encoded_empty.sources[0].StudyInstanceUID
 
 
 # --- Grad-CAM SC --------------------------------------------------------------------------------------
@@ -345,9 +338,7 @@ def test_uids_derive_from_the_seed(encoded: Encoded) -> None:
 
 def test_write_results_is_atomic_and_named_by_uid(encoded: Encoded) -> None:
     folder = encoded.paths[0].parent
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        f"{ds.SOPInstanceUID}.dcm" for ds in encoded.datasets
-    )
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in encoded.datasets)
 
 
 # --- bad findings -------------------------------------------------------------------------------------
@@ -397,18 +388,14 @@ def test_empty_mask(small_case: tuple[list[pydicom.Dataset], CTVolume], tmp_path
     _expect_error(result_with([emptied]), volume, sources, tmp_path / "out", "mask is empty")
 
 
-def test_volume_not_on_the_source_grid(
-    small_case: tuple[list[pydicom.Dataset], CTVolume], tmp_path: Path
-) -> None:
+def test_volume_not_on_the_source_grid(small_case: tuple[list[pydicom.Dataset], CTVolume], tmp_path: Path) -> None:
     sources, volume = small_case
     shifted = replace(volume, geometry=replace(volume.geometry, origin_mm=(0.0, 0.0, 0.0)))
     result = result_with([sphere_finding(volume, 1, (50, 256, 256), 6.0)])
     _expect_error(result, shifted, sources, tmp_path / "out", "volume geometry puts it")
 
 
-def test_duplicate_finding_numbers(
-    small_case: tuple[list[pydicom.Dataset], CTVolume], tmp_path: Path
-) -> None:
+def test_duplicate_finding_numbers(small_case: tuple[list[pydicom.Dataset], CTVolume], tmp_path: Path) -> None:
     sources, volume = small_case
     a = sphere_finding(volume, 1, (50, 256, 256), 6.0)
     b = sphere_finding(volume, 1, (30, 200, 200), 6.0)
@@ -419,3 +406,14 @@ def test_not_applicable_gives_no_objects(small_case: tuple[list[pydicom.Dataset]
     sources, volume = small_case
     result = PipelineResult.not_applicable("lung-nodules", result_with([]).model, "not a chest CT")
     assert encode_results(result, volume, sources, uid_seed="na") == []
+
+
+def test_encodes_the_volume_of_the_nodes_loader(siemens: tuple[list[pydicom.Dataset], CTVolume]) -> None:
+    """The node's own loader (pipelines.loading) gives a volume the encoder accepts, on the same grid."""
+    from pipelines.loading import load_series
+
+    sources, local = siemens
+    volume = load_series(sorted(p for p in SIEMENS_CT.iterdir() if p.is_file()))
+    assert [s.sop_instance_uid for s in volume.slices] == [s.sop_instance_uid for s in local.slices]
+    datasets = encode_results(two_nodules(volume), volume, sources, uid_seed="loader")
+    assert [ds.Modality for ds in datasets] == ["SEG", "SR", "OT", "OT"]

@@ -147,9 +147,7 @@ class CheckedInput:
     frame_of_reference_uid: str
 
 
-def check_inputs(
-    result: PipelineResult, volume: CTVolume, source_datasets: Sequence[pydicom.Dataset]
-) -> CheckedInput:
+def check_inputs(result: PipelineResult, volume: CTVolume, source_datasets: Sequence[pydicom.Dataset]) -> CheckedInput:
     """Raise EncodeError, naming the problem, for anything that would give an invalid or misleading object."""
     if not source_datasets:
         raise EncodeError("no source datasets given")
@@ -199,9 +197,7 @@ def _check_geometry(volume: CTVolume, ordered: Sequence[pydicom.Dataset]) -> Non
     _z, rows, columns = volume.shape
     for k, ds in enumerate(ordered):
         if int(ds.Rows) != rows or int(ds.Columns) != columns:
-            raise EncodeError(
-                f"source slice {k} is {ds.Rows}x{ds.Columns}, the volume grid is {rows}x{columns}"
-            )
+            raise EncodeError(f"source slice {k} is {ds.Rows}x{ds.Columns}, the volume grid is {rows}x{columns}")
         expected = volume.geometry.voxel_to_patient([k, 0, 0])
         actual = np.asarray([float(v) for v in ds.ImagePositionPatient])
         if float(np.max(np.abs(expected - actual))) > POSITION_TOLERANCE_MM * max(1.0, k):
@@ -217,8 +213,7 @@ def _check_finding(finding: Finding, volume: CTVolume) -> None:
         raise EncodeError(f"finding number must be >= 1, got {n}")
     if any(b > s for b, s in zip(finding.box.stop, volume.shape, strict=True)):
         raise EncodeError(
-            f"finding {n}: box {finding.box.start}..{finding.box.stop} lies off the source grid "
-            f"of shape {volume.shape}"
+            f"finding {n}: box {finding.box.start}..{finding.box.stop} lies off the source grid of shape {volume.shape}"
         )
     # The arrays are mutable, so the checks of Finding.__post_init__ may no longer hold.
     if finding.mask.shape != finding.box.shape:
@@ -239,9 +234,7 @@ def _check_finding(finding: Finding, volume: CTVolume) -> None:
         if not np.isfinite(value) or value < 0:
             raise EncodeError(f"finding {n}: {name} {value} is not a finite non-negative number")
     if not 0.0 <= finding.malignancy_probability <= 1.0:
-        raise EncodeError(
-            f"finding {n}: malignancy probability {finding.malignancy_probability} outside [0, 1]"
-        )
+        raise EncodeError(f"finding {n}: malignancy probability {finding.malignancy_probability} outside [0, 1]")
 
 
 def key_slice(finding: Finding) -> int:

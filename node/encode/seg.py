@@ -78,9 +78,7 @@ def encode_seg(
         if fractional:
             probability = finding.probability_map
             # A finding without a probability map is certain where its mask is.
-            crop = (
-                (probability * finding.mask) if probability is not None else finding.mask.astype(np.float32)
-            )
+            crop = (probability * finding.mask) if probability is not None else finding.mask.astype(np.float32)
             crop = np.clip(crop, 0.0, 1.0).astype(np.float32)
         else:
             crop = finding.mask.astype(np.uint8)

@@ -118,9 +118,7 @@ def long_axis_endpoints(finding: Finding, spacing_yx: tuple[float, float]) -> np
     )
 
 
-def _long_axis_on_key_image(
-    finding: Finding, volume: CTVolume, checked: CheckedInput
-) -> hd.sr.ScoordContentItem:
+def _long_axis_on_key_image(finding: Finding, volume: CTVolume, checked: CheckedInput) -> hd.sr.ScoordContentItem:
     """A 2D POLYLINE on the key CT image (SELECTED FROM it): what viewers draw as the nodule's measurement."""
     _, dy, dx = volume.geometry.spacing_mm
     source = checked.ordered_sources[common.key_slice(finding)]
@@ -159,9 +157,7 @@ def _nodule_group(
     measurements = [
         hd.sr.Measurement(name=codes.SCT.LongAxis, value=float(finding.long_axis_mm), unit=mm),
         hd.sr.Measurement(name=codes.SCT.ShortAxis, value=float(finding.short_axis_mm), unit=mm),
-        hd.sr.Measurement(
-            name=codes.SCT.Volume, value=float(finding.volume_mm3), unit=codes.UCUM.CubicMillimeter
-        ),
+        hd.sr.Measurement(name=codes.SCT.Volume, value=float(finding.volume_mm3), unit=codes.UCUM.CubicMillimeter),
         hd.sr.Measurement(
             name=PROBABILITY_OF_CANCER,
             value=float(finding.malignancy_probability),
@@ -255,9 +251,7 @@ def encode_sr(
         evidence.append(seg_dataset)
         for finding in result.findings:
             groups.append(
-                _nodule_group(
-                    finding, volume, result, checked, seg_dataset, segment_numbers[finding.number], uid_seed
-                )
+                _nodule_group(finding, volume, result, checked, seg_dataset, segment_numbers[finding.number], uid_seed)
             )
     # highdicom wants at least one measurement group; TID 1500 only wants one of its Imaging
     # Measurements / Qualitative Evaluations containers. Without nodules, build with a placeholder

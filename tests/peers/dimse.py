@@ -15,9 +15,7 @@ from pynetdicom import AE
 STATUS_SUCCESS = 0x0000
 
 
-def cstore(
-    port: int, paths: list[Path], *, called: str, calling: str = "AINODE", timeout_s: float = 60
-) -> list[int]:
+def cstore(port: int, paths: list[Path], *, called: str, calling: str = "AINODE", timeout_s: float = 60) -> list[int]:
     """Send ``paths`` over one association; returns the DIMSE status of each C-STORE."""
     datasets = [pydicom.dcmread(p) for p in paths]
     ae = AE(ae_title=calling)

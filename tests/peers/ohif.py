@@ -184,9 +184,7 @@ class OhifServer:
         self.stop()
 
 
-def run_browser_script(
-    script: Path, args: list[str], *, timeout_s: float
-) -> subprocess.CompletedProcess[str]:
+def run_browser_script(script: Path, args: list[str], *, timeout_s: float) -> subprocess.CompletedProcess[str]:
     """Run a playwright-core node script; it gets CHROMIUM_BIN and CHROMIUM_ARGS in its environment."""
     env = {
         **os.environ,
@@ -194,6 +192,4 @@ def run_browser_script(
         "CHROMIUM_BIN": CHROMIUM_BIN,
         "CHROMIUM_ARGS": json.dumps(CHROMIUM_ARGS),
     }
-    return subprocess.run(
-        [NODE_BIN, str(script), *args], capture_output=True, text=True, timeout=timeout_s, env=env
-    )
+    return subprocess.run([NODE_BIN, str(script), *args], capture_output=True, text=True, timeout=timeout_s, env=env)
