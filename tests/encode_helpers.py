@@ -1,7 +1,8 @@
 """Helpers for the encoder tests: a CTVolume from real DICOM files, and nodules drawn into its geometry.
 
-``load_ct`` is a small local loader (sort along the slice normal, rescale to HU); the AI engineer's
-``pipelines.loading.load_series`` replaces it once it lands on main.
+``load_ct`` is a small local loader (sort along the slice normal, rescale to HU) that works on in-memory
+datasets, so tests can edit headers (e.g. the character set) without writing files; a test checks that
+the node's ``pipelines.loading.load_series`` gives the same slices.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from node.encode import EncodeError, encode_results, write_results
-from pipelines.base import CTVolume, PipelineResult, VoxelBox
+from pipelines.base import CTVolume, Finding, PipelineResult, VoxelBox
 from tests.dciodvfy import dciodvfy
 from tests.encode_helpers import (
     PHILIPS_CT,
@@ -139,6 +139,9 @@ def test_seg_round_trip(encoded: Encoded) -> None:
         assert algorithm is not None
         assert algorithm[0].AlgorithmName == "lungnod-test"
         assert algorithm[0].AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
+        # Orange in viewers (a colour from 0..1 components given as 0..255 would be black).
+        colour = hd.color.CIELabColor.from_dicom_value(description.RecommendedDisplayCIELabValue)
+        np.testing.assert_allclose(colour.to_rgb(), (255, 140, 0), atol=2)
     assert seg.Manufacturer.startswith("AINODE")
     assert seg.StudyInstanceUID == encoded.sources[0].StudyInstanceUID
     assert seg.FrameOfReferenceUID == encoded.sources[0].FrameOfReferenceUID
@@ -169,10 +172,12 @@ def _comments(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> list[str]:
     return [str(item.value) for item in group[0].ContentSequence if item.name == codes.DCM.Comment]
 
 
-def _presence(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> object:
-    evaluations = [e for e in group.get_qualitative_evaluations() if e.name == codes.DCM.PresenceOfProperty]
-    assert len(evaluations) == 1
-    return evaluations[0].value
+def _verdict(sr: hd.sr.Comprehensive3DSR) -> tuple[object, str]:
+    """Nodule Present/Absent and the sentence from TID 1500's Qualitative Evaluations container."""
+    [container] = [i for i in sr.content[0].ContentSequence if i.name.meaning == "Qualitative Evaluations"]
+    [presence] = [i for i in container.ContentSequence if i.name == codes.SCT.Nodule]
+    [comment] = [i for i in container.ContentSequence if i.name == codes.DCM.Comment]
+    return presence.value, str(comment.value)
 
 
 def test_sr_round_trip(encoded: Encoded) -> None:
@@ -209,19 +214,43 @@ def test_sr_round_trip(encoded: Encoded) -> None:
         np.testing.assert_allclose(centre[0].value[0], finding.centre_mm, atol=1e-3)
         assert centre[0].ReferencedFrameOfReferenceUID == encoded.sources[0].FrameOfReferenceUID
         assert any("NOT FOR DIAGNOSTIC USE" in c for c in _comments(group))
-    summary = report.get_image_measurement_groups()[0]
-    assert _presence(summary) == codes.SCT.Present
-    assert any("2 nodules found" in c for c in _comments(summary))
+        _check_long_axis_line(group, finding, encoded)
+    presence, sentence = _verdict(sr)
+    assert presence == codes.SCT.Present
+    assert "2 nodules found" in sentence and "NOT FOR DIAGNOSTIC USE" in sentence
+    # Every measurement group has coordinates: OHIF 3.12's SR viewport crashes on one without.
+    assert report.get_image_measurement_groups() == []
+
+
+def _check_long_axis_line(
+    group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations, finding: Finding, encoded: Encoded
+) -> None:
+    """The 2D POLYLINE viewers draw: on the key slice, SELECTED FROM it, ends inside the mask."""
+    content = group[0].ContentSequence
+    [line] = [i for i in content if i.value_type == hd.sr.ValueTypeValues.SCOORD]
+    assert line.name == codes.SCT.LongAxis
+    assert line.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    [source] = line.ContentSequence
+    assert source.RelationshipType == "SELECTED FROM"
+    uid = source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    z = next(k for k, s in enumerate(encoded.volume.slices) if s.sop_instance_uid == uid)
+    full = finding.full_mask(encoded.volume.shape)[z]
+    points = np.asarray(line.value)
+    for column, row in points:
+        assert full[int(row), int(column)], "long-axis end outside the nodule"
+    _, dy, dx = encoded.volume.geometry.spacing_mm
+    length = float(np.hypot(*((points[0] - points[1]) * (dx, dy))))
+    assert length == pytest.approx(finding.long_axis_mm, rel=0.2)
 
 
 def test_sr_without_nodules_says_so(encoded_empty: Encoded) -> None:
     sr = hd.sr.srread(encoded_empty.paths[0])
     assert sr.VerificationFlag == "UNVERIFIED"
     assert sr.content.get_volumetric_roi_measurement_groups() == []
-    summary = sr.content.get_image_measurement_groups()[0]
-    assert _presence(summary) == codes.SCT.Absent
-    comments = _comments(summary)
-    assert any("no lung nodules found" in c and "NOT FOR DIAGNOSTIC USE" in c for c in comments)
+    assert sr.content.get_image_measurement_groups() == []
+    presence, sentence = _verdict(sr)
+    assert presence == codes.SCT.Absent
+    assert "no lung nodules found" in sentence and "NOT FOR DIAGNOSTIC USE" in sentence
     assert sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == encoded_empty.sources[0].StudyInstanceUID
 
 
@@ -377,3 +406,14 @@ def test_not_applicable_gives_no_objects(small_case: tuple[list[pydicom.Dataset]
     sources, volume = small_case
     result = PipelineResult.not_applicable("lung-nodules", result_with([]).model, "not a chest CT")
     assert encode_results(result, volume, sources, uid_seed="na") == []
+
+
+def test_encodes_the_volume_of_the_nodes_loader(siemens: tuple[list[pydicom.Dataset], CTVolume]) -> None:
+    """The node's own loader (pipelines.loading) gives a volume the encoder accepts, on the same grid."""
+    from pipelines.loading import load_series
+
+    sources, local = siemens
+    volume = load_series(sorted(p for p in SIEMENS_CT.iterdir() if p.is_file()))
+    assert [s.sop_instance_uid for s in volume.slices] == [s.sop_instance_uid for s in local.slices]
+    datasets = encode_results(two_nodules(volume), volume, sources, uid_seed="loader")
+    assert [ds.Modality for ds in datasets] == ["SEG", "SR", "OT", "OT"]

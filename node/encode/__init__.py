@@ -75,6 +75,7 @@ def _encode(
     outputs.append(
         encode_sr(
             result,
+            volume,
             checked,
             seg,
             uid_seed=uid_seed,

@@ -23,7 +23,7 @@ from pipelines.base import Finding, PipelineResult
 # Bits of the stored fractional values: 255 = probability 1.0.
 MAX_FRACTIONAL_VALUE = 255
 # Colour of every nodule segment in viewers that honour RecommendedDisplayCIELabValue (a warm orange).
-NODULE_DISPLAY_RGB = (1.0, 0.55, 0.0)
+NODULE_DISPLAY_RGB = (255, 140, 0)  # 0..255 per channel, as CIELabColor.from_rgb expects
 
 SEGMENT_CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
 SEGMENT_TYPE = codes.SCT.Nodule

@@ -2,35 +2,38 @@
 
 Each nodule is a TID 1411 volumetric ROI group: tracking identifier and UID (the same as its SEG segment),
 finding Nodule, finding category, finding sites (lung, lobe when known), the referenced SEG segment,
-long/short axis, volume and probability of cancer, the algorithm, and two extra items (TID 1411 is
-extensible): the centre as a SCOORD3D POINT in the CT's frame of reference, and a comment with the
-disclaimer. TID 1411 allows only one region representation per group, so the SEG segment is the
-outline and the SCOORD3D point marks the centre.
+long/short axis, volume and probability of cancer, the algorithm, and three extra items (TID 1411 is
+extensible): the long axis as a 2D POLYLINE on the key CT image (what OHIF draws, labelled with the
+measurements), the centre as a SCOORD3D POINT in the CT's frame of reference, and a comment with the
+disclaimer. TID 1411 allows only one region representation per group; the SEG segment is that region,
+the coordinates mark where to look.
 
-A TID 1501 group "AI lung nodule analysis" is always present and states Nodule: Present / Absent, so
-an SR from a run that found nothing says so ("ran, found nothing"); no SR means "did not run".
+TID 1500's "Qualitative Evaluations" container always states Nodule: Present / Absent with a sentence,
+so an SR from a run that found nothing says so ("ran, found nothing"); no SR means "did not run".
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import highdicom as hd
 import numpy as np
+import numpy.typing as npt
 import pydicom
 from highdicom.sr import CodedConcept
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 
 from node.encode import common, seg
 from node.encode.common import CheckedInput
-from pipelines.base import Finding, PipelineResult
+from pipelines.base import CTVolume, Finding, PipelineResult
 
 PROCEDURE_REPORTED = CodedConcept(value="24627-2", scheme_designator="LN", meaning="CT Chest")
 PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer  # (111047, DCM, "Probability of cancer")
-PRESENCE = codes.DCM.PresenceOfProperty
 PRESENT = codes.SCT.Present
 ABSENT = codes.SCT.Absent
-SUMMARY_TRACKING_ID = "AI lung nodule analysis"
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+# Outline pixels used to find the long axis on the key slice (pairwise distances: n² memory).
+MAX_OUTLINE_POINTS = 1500
 
 # Lobe names the pipelines may give -> SNOMED CT lobe concepts.
 _RUL = CodedConcept("45653009", "SCT", "Upper lobe of right lung")
@@ -92,8 +95,54 @@ def finding_comment(finding: Finding, disclaimer: str) -> str:
     return ", ".join(parts) + f". AI result, {disclaimer}."
 
 
+def long_axis_endpoints(finding: Finding, spacing_yx: tuple[float, float]) -> npt.NDArray[np.float64]:
+    """The two mask pixels farthest apart (in mm) on the key slice, as (column, row) image coordinates.
+
+    SCOORD pixel coordinates put the top-left corner of the top-left pixel at (0, 0), so a pixel's
+    centre is at +0.5. The line is the in-plane long axis a radiologist would draw on that slice.
+    """
+    z = common.key_slice(finding) - finding.box.start[0]
+    plane = finding.mask[z]
+    interior = ndimage.binary_erosion(plane)
+    rows, cols = np.nonzero(plane & ~interior)
+    if rows.size > MAX_OUTLINE_POINTS:  # keep the pairwise distances cheap for very large masses
+        keep = np.linspace(0, rows.size - 1, MAX_OUTLINE_POINTS).astype(int)
+        rows, cols = rows[keep], cols[keep]
+    mm = np.stack([rows * spacing_yx[0], cols * spacing_yx[1]], axis=1)
+    distances = np.linalg.norm(mm[:, None, :] - mm[None, :, :], axis=2)
+    a, b = np.unravel_index(int(np.argmax(distances)), distances.shape)
+    _, y0, x0 = finding.box.start
+    return np.asarray(
+        [[x0 + cols[i] + 0.5, y0 + rows[i] + 0.5] for i in (a, b)],
+        dtype=np.float64,
+    )
+
+
+def _long_axis_on_key_image(finding: Finding, volume: CTVolume, checked: CheckedInput) -> hd.sr.ScoordContentItem:
+    """A 2D POLYLINE on the key CT image (SELECTED FROM it): what viewers draw as the nodule's measurement."""
+    _, dy, dx = volume.geometry.spacing_mm
+    source = checked.ordered_sources[common.key_slice(finding)]
+    item = hd.sr.ScoordContentItem(
+        name=codes.SCT.LongAxis,
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=long_axis_endpoints(finding, (dy, dx)),
+        pixel_origin_interpretation=hd.sr.PixelOriginInterpretationValues.VOLUME,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    item.ContentSequence = DicomSequence(
+        [
+            hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=str(source.SOPClassUID),
+                referenced_sop_instance_uid=str(source.SOPInstanceUID),
+            )
+        ]
+    )
+    return item
+
+
 def _nodule_group(
     finding: Finding,
+    volume: CTVolume,
     result: PipelineResult,
     checked: CheckedInput,
     seg_dataset: pydicom.Dataset,
@@ -133,6 +182,7 @@ def _nodule_group(
         measurements=measurements,
     )
     content = group[0].ContentSequence
+    content.append(_long_axis_on_key_image(finding, volume, checked))
     content.append(
         hd.sr.Scoord3DContentItem(
             name=codes.DCM.Center,
@@ -146,39 +196,53 @@ def _nodule_group(
     return group
 
 
-def _summary_group(result: PipelineResult, uid_seed: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _placeholder_group() -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=common.derive_uid("placeholder"), identifier="x")
+    )
+
+
+def _qualitative_evaluations(result: PipelineResult) -> hd.sr.ContainerContentItem:
+    """TID 1500's "Qualitative Evaluations" container: Nodule Present/Absent and a sentence saying so.
+
+    It sits beside the measurement groups, not among them: OHIF 3.12 takes every measurement group for
+    an annotation and its SR viewport crashes on a group without coordinates.
+    """
     count = len(result.findings)
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=common.derive_uid(uid_seed, "sr-summary"), identifier=SUMMARY_TRACKING_ID
-        ),
-        finding_type=codes.SCT.Nodule,
-        algorithm_id=_algorithm(result),
-        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Lung)],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=PRESENCE, value=PRESENT if count else ABSENT),
-        ],
-    )
     verdict = (
-        f"AI lung nodule analysis completed: {count} nodule{'s' if count != 1 else ''} found."
+        f"AI lung nodule analysis completed: {count} nodule{'s' if count != 1 else ''} found"
         if count
-        else "AI lung nodule analysis completed: no lung nodules found."
+        else "AI lung nodule analysis completed: no lung nodules found"
     )
-    group[0].ContentSequence.append(_comment(f"{verdict} {result.disclaimer}."))
-    return group
+    model = f"{common.model_name(result)} {common.algorithm_version(result)}"
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.CodeContentItem(
+                name=codes.SCT.Nodule,
+                value=PRESENT if count else ABSENT,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            ),
+            _comment(f"{verdict} ({model}). {result.disclaimer}."),
+        ],
+        is_root=False,
+        is_sr=True,
+    )
+    return container
 
 
 def encode_sr(
     result: PipelineResult,
+    volume: CTVolume,
     checked: CheckedInput,
     seg_dataset: pydicom.Dataset | None,
     *,
     uid_seed: str,
     series_number: int,
 ) -> hd.sr.Comprehensive3DSR:
-    groups: list[
-        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
-    ] = [_summary_group(result, uid_seed)]
+    groups: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     segment_numbers = seg.segment_number_of(result.findings)
     evidence: list[pydicom.Dataset] = list(checked.ordered_sources)
     if result.findings:
@@ -187,13 +251,22 @@ def encode_sr(
         evidence.append(seg_dataset)
         for finding in result.findings:
             groups.append(
-                _nodule_group(finding, result, checked, seg_dataset, segment_numbers[finding.number], uid_seed)
+                _nodule_group(finding, volume, result, checked, seg_dataset, segment_numbers[finding.number], uid_seed)
             )
+    # highdicom wants at least one measurement group; TID 1500 only wants one of its Imaging
+    # Measurements / Qualitative Evaluations containers. Without nodules, build with a placeholder
+    # group and drop the Imaging Measurements container: the report then carries only the verdict.
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result),
         procedure_reported=PROCEDURE_REPORTED,
-        imaging_measurements=groups,
+        imaging_measurements=groups or [_placeholder_group()],
     )
+    root = report[0].ContentSequence
+    if not groups:
+        # By index: Sequence.remove() compares items with ==, which matched another item here.
+        for index in reversed([k for k, i in enumerate(root) if i.name == codes.DCM.ImagingMeasurements]):
+            del root[index]
+    root.append(_qualitative_evaluations(result))
     first: pydicom.Dataset = checked.ordered_sources[0]
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
@@ -214,8 +287,3 @@ def encode_sr(
     )
     common.finish_header(sr, first, result)
     return sr
-
-
-def nodule_groups(report_groups: Sequence[object]) -> list[object]:
-    """Helper for readers: the volumetric (per-nodule) groups of a parsed report."""
-    return [g for g in report_groups if isinstance(g, hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)]
