@@ -88,6 +88,7 @@ class NodeService:
         if self.http is not None:
             self.http.stop()  # first: no new STOW-RS uploads while the rest shuts down
         self.scp.stop()
+        self.store.close()
         self.completeness.stop()
         self.supervisor.stop()
         self.outbox.stop()
@@ -115,6 +116,7 @@ class NodeService:
                 count += 1
             except NodeError as exc:
                 log.error("spool_file_unreadable", path=str(path), reason=str(exc))
+        self.store.flush()
         return count
 
     def _requeue_orphaned_jobs(self) -> int:

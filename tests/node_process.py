@@ -19,6 +19,14 @@ from tests.peers.net import free_port, port_open, wait_until
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _terminate_with_parent() -> None:
+    """Linux: SIGTERM the node if the test process dies (a killed pytest must not leave nodes behind)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class NodeProcess:
     def __init__(
         self,
@@ -115,7 +123,8 @@ class NodeProcess:
         self.process = None
 
     def __enter__(self) -> NodeProcess:
-        return self.start()
+        # `with node.start():` and `with node:` both work; a running node is not started twice.
+        return self if self.process is not None else self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

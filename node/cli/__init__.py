@@ -14,6 +14,7 @@ _COMMAND_MODULES = [
     "node.cli.status_cmd",
     "node.cli.route_cmd",
     "node.cli.delivery_cmd",
+    "node.cli.demo_cmd",
 ]
 
 

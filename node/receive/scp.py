@@ -43,6 +43,7 @@ from node.dimse_status import (
 )
 from node.errors import InvalidDatasetError, InvalidIdentifierError, OutOfResourcesError
 from node.logging_setup import quiet_pynetdicom
+from node.receive import latency
 from node.store.ingest import InstanceStore
 
 log = structlog.get_logger(__name__)
@@ -78,6 +79,7 @@ def _failure(status: StoreStatus, comment: str) -> Dataset:
 class StorageSCP:
     def __init__(self, config: DicomConfig, store: InstanceStore) -> None:
         quiet_pynetdicom()
+        latency.install()
         self.config = config
         self.store = store
         self._server: ThreadedAssociationServer | None = None
@@ -101,7 +103,7 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, self._on_connection_open),
             (evt.EVT_REQUESTED, self._on_association_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
@@ -135,6 +137,7 @@ class StorageSCP:
         sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        event.assoc.dul._run_loop_delay = latency.DUL_LOOP_DELAY_S
 
     def _on_association_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -170,6 +173,12 @@ class StorageSCP:
             calling_ae=event.assoc.requestor.ae_title.strip(),
             peer_host=event.assoc.requestor.address,
         )
+
+    def _on_released(self, event: evt.Event) -> None:
+        # A sender that released its association sees its instances in the index (and so in
+        # `ainode status` and the API) from then on.
+        self.store.flush(timeout_s=10)
+        self._on_closed(event)
 
     @staticmethod
     def _on_closed(event: evt.Event) -> None:

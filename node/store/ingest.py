@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import queue
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydicom
+import structlog
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 
@@ -34,6 +36,8 @@ from node.store.db import Database, now
 from node.store.spool import Spool
 from node.uids import validate_uid
 from node.work.jobs import supersede_open_jobs
+
+log = structlog.get_logger(__name__)
 
 IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1234.1")  # node's implementation UID
 IMPLEMENTATION_VERSION_NAME = f"AINODE_{__version__}"[:16]
@@ -137,6 +141,7 @@ class InstanceStore:
         self.min_free_bytes = min_free_bytes
         # Two senders storing the same SOP Instance UID at once must not interleave.
         self._same_uid_lock = threading.Lock()
+        self.indexer = IndexWriter(db)
 
     # --- entry points ------------------------------------------------------------------------
     def store_dimse(
@@ -210,33 +215,37 @@ class InstanceStore:
         if validate_uid(ds.get("SOPClassUID"), "dataset SOPClassUID") != sop_class:
             raise InvalidDatasetError("dataset SOPClassUID differs from the one the sender announced")
 
-        digest = hashlib.sha256(dataset_bytes).hexdigest()
         path = self.spool.instance_path(study_uid, series_uid, sop_uid)
+        received_at = now()
         with self._same_uid_lock:
-            existing = self.db.query("SELECT sha256, path FROM instances WHERE sop_instance_uid = ?", (sop_uid,))
-            if existing and existing[0]["sha256"] == digest and Path(existing[0]["path"]).exists():
-                return StoredInstance(
-                    sop_uid,
-                    series_uid,
-                    study_uid,
-                    sop_class,
-                    Path(existing[0]["path"]),
-                    len(dataset_bytes),
-                    "identical",
-                )
+            if path.exists():
+                # Same SOP Instance UID again (rare): identical content is a no-op, other content
+                # replaces the file and is recorded as a replacement.
+                previous = path.read_bytes()
+                if previous.endswith(dataset_bytes) and len(previous) == len(header_bytes) + len(dataset_bytes):
+                    return StoredInstance(
+                        sop_uid, series_uid, study_uid, sop_class, path, len(dataset_bytes), "identical"
+                    )
+                result: StoreResult = "replaced"
+            else:
+                result = "new"
             self.spool.write_atomically(path, [header_bytes, dataset_bytes])
-            result: StoreResult = "replaced" if existing else "new"
-            self._index(
+        # The file is durable: the caller may answer Success now. The index rows follow on the
+        # indexer thread (batched); if the node dies first, start-up indexes spool files it lacks.
+        self.indexer.submit(
+            _PendingRow(
                 ds,
                 path,
                 len(header_bytes) + len(dataset_bytes),
-                digest,
+                dataset_bytes,
                 sop_class,
                 str(transfer_syntax),
                 calling_ae,
                 called_ae,
                 result,
+                received_at,
             )
+        )
         return StoredInstance(sop_uid, series_uid, study_uid, sop_class, path, len(dataset_bytes), result)
 
     @staticmethod
@@ -250,100 +259,139 @@ class InstanceStore:
         _check_native_pixel_length(ds)
         return ds
 
-    def _index(
-        self,
-        ds: Dataset,
-        path: Path,
-        size: int,
-        digest: str,
-        sop_class: str,
-        transfer_syntax: str,
-        calling_ae: str,
-        called_ae: str,
-        result: StoreResult,
-    ) -> None:
-        t = now()
-        study_uid = str(ds.StudyInstanceUID)
-        series_uid = str(ds.SeriesInstanceUID)
-        attributes = {kw: _json_value(ds.get(kw)) for kw in ROUTING_KEYWORDS if kw in ds}
-        ipp = _float_list(ds, "ImagePositionPatient", 3)
-        iop = _float_list(ds, "ImageOrientationPatient", 6)
-        with self.db.transaction() as conn:
-            conn.execute(
-                """INSERT INTO studies (study_uid, patient_name, patient_id, accession_number, study_date,
-                       study_description, first_received_at, last_received_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(study_uid) DO UPDATE SET last_received_at = excluded.last_received_at""",
-                (
-                    study_uid,
-                    str(ds.get("PatientName", "")),
-                    str(ds.get("PatientID", "")),
-                    str(ds.get("AccessionNumber", "")),
-                    str(ds.get("StudyDate", "")),
-                    str(ds.get("StudyDescription", "")),
-                    t,
-                    t,
-                ),
-            )
-            row = conn.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
-            if row is None:
-                conn.execute(
-                    """INSERT INTO series (series_uid, study_uid, modality, body_part_examined,
-                           series_description, series_number, attributes, calling_ae, called_ae, state,
-                           instance_count, first_received_at, last_received_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'receiving', 0, ?, ?)""",
-                    (
-                        series_uid,
-                        study_uid,
-                        str(ds.get("Modality", "")),
-                        str(ds.get("BodyPartExamined", "")),
-                        str(ds.get("SeriesDescription", "")),
-                        _optional_int(ds, "SeriesNumber"),
-                        json.dumps(attributes),
-                        calling_ae,
-                        called_ae,
-                        t,
-                        t,
-                    ),
-                )
-            elif row["state"] == "complete":
-                reopen_series(conn, series_uid, t)
-            conn.execute(
-                """UPDATE series SET last_received_at = ?,
-                       instance_count = instance_count + ? WHERE series_uid = ?""",
-                (t, 1 if result == "new" else 0, series_uid),
-            )
-            conn.execute(
-                """INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,
-                       transfer_syntax_uid, path, size_bytes, sha256, instance_number, image_position,
-                       image_orientation, slice_thickness, number_of_frames, images_in_acquisition,
-                       calling_ae, received_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(sop_instance_uid) DO UPDATE SET
-                       path = excluded.path, size_bytes = excluded.size_bytes, sha256 = excluded.sha256,
-                       transfer_syntax_uid = excluded.transfer_syntax_uid,
-                       image_position = excluded.image_position,
-                       image_orientation = excluded.image_orientation,
-                       received_at = excluded.received_at, replaced_count = replaced_count + 1""",
-                (
-                    str(ds.SOPInstanceUID),
-                    series_uid,
-                    study_uid,
-                    sop_class,
-                    transfer_syntax,
-                    str(path),
-                    size,
-                    digest,
-                    _optional_int(ds, "InstanceNumber"),
-                    json.dumps(ipp) if ipp else None,
-                    json.dumps(iop) if iop else None,
-                    _optional_float(ds, "SliceThickness"),
-                    _optional_int(ds, "NumberOfFrames"),
-                    _optional_int(ds, "ImagesInAcquisition"),
-                    calling_ae,
-                    t,
-                ),
-            )
+    def flush(self, timeout_s: float = 30) -> bool:
+        """Wait until every stored instance is in the index (tests, association release, STOW-RS)."""
+        return self.indexer.flush(timeout_s)
+
+    def close(self) -> None:
+        self.indexer.close()
+
+
+@dataclass(frozen=True)
+class _PendingRow:
+    ds: Dataset
+    path: Path
+    size: int
+    dataset_bytes: bytes
+    sop_class: str
+    transfer_syntax: str
+    calling_ae: str
+    called_ae: str
+    result: StoreResult
+    received_at: float
+
+
+class IndexWriter:
+    """One thread that writes index rows for stored instances, many per transaction.
+
+    Keeps SQLite off the C-STORE critical path: a sender waits for fsync + rename, not for the index.
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._queue: queue.Queue[_PendingRow | None] = queue.Queue()
+        self._idle = threading.Condition()
+        self._outstanding = 0
+        self._thread = threading.Thread(target=self._run, daemon=True, name="index-writer")
+        self._thread.start()
+
+    def submit(self, row: _PendingRow) -> None:
+        with self._idle:
+            self._outstanding += 1
+        self._queue.put(row)
+
+    def flush(self, timeout_s: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._outstanding == 0, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            try:
+                with self.db.transaction() as conn:
+                    for row in batch:
+                        _index_row(conn, row)
+            except Exception:
+                # The files are durable; start-up reconciliation will index them.
+                log.exception("index_write_failed", instances=len(batch))
+            with self._idle:
+                self._outstanding -= len(batch)
+                self._idle.notify_all()
+
+
+def _index_row(conn: sqlite3.Connection, row: _PendingRow) -> None:
+    ds, t = row.ds, row.received_at
+    study_uid = str(ds.StudyInstanceUID)
+    series_uid = str(ds.SeriesInstanceUID)
+    digest = hashlib.sha256(row.dataset_bytes).hexdigest()
+    attributes = {kw: _json_value(ds.get(kw)) for kw in ROUTING_KEYWORDS if kw in ds}
+    ipp = _float_list(ds, "ImagePositionPatient", 3)
+    iop = _float_list(ds, "ImageOrientationPatient", 6)
+    conn.execute(
+        """INSERT INTO studies (study_uid, patient_name, patient_id, accession_number, study_date,
+               study_description, first_received_at, last_received_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT(study_uid) DO UPDATE SET last_received_at = max(last_received_at, excluded.last_received_at)""",
+        (study_uid, str(ds.get("PatientName", "")), str(ds.get("PatientID", "")),
+         str(ds.get("AccessionNumber", "")), str(ds.get("StudyDate", "")),
+         str(ds.get("StudyDescription", "")), t, t),
+    )  # fmt: skip
+    series = conn.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+    if series is None:
+        conn.execute(
+            """INSERT INTO series (series_uid, study_uid, modality, body_part_examined,
+                   series_description, series_number, attributes, calling_ae, called_ae, state,
+                   instance_count, first_received_at, last_received_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'receiving', 0, ?, ?)""",
+            (series_uid, study_uid, str(ds.get("Modality", "")), str(ds.get("BodyPartExamined", "")),
+             str(ds.get("SeriesDescription", "")), _optional_int(ds, "SeriesNumber"),
+             json.dumps(attributes), row.calling_ae, row.called_ae, t, t),
+        )  # fmt: skip
+    elif series["state"] == "complete":
+        reopen_series(conn, series_uid, t)
+    exists = conn.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (str(ds.SOPInstanceUID),)).fetchone()
+    conn.execute(
+        """UPDATE series SET last_received_at = max(last_received_at, ?),
+               instance_count = instance_count + ? WHERE series_uid = ?""",
+        (t, 0 if exists else 1, series_uid),
+    )
+    conn.execute(
+        """INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,
+               transfer_syntax_uid, path, size_bytes, sha256, instance_number, image_position,
+               image_orientation, slice_thickness, number_of_frames, images_in_acquisition,
+               calling_ae, received_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT(sop_instance_uid) DO UPDATE SET
+               path = excluded.path, size_bytes = excluded.size_bytes, sha256 = excluded.sha256,
+               transfer_syntax_uid = excluded.transfer_syntax_uid,
+               image_position = excluded.image_position,
+               image_orientation = excluded.image_orientation,
+               received_at = excluded.received_at,
+               replaced_count = replaced_count + (excluded.sha256 != sha256)""",
+        (str(ds.SOPInstanceUID), series_uid, study_uid, row.sop_class, row.transfer_syntax, str(row.path),
+         row.size, digest, _optional_int(ds, "InstanceNumber"), json.dumps(ipp) if ipp else None,
+         json.dumps(iop) if iop else None, _optional_float(ds, "SliceThickness"),
+         _optional_int(ds, "NumberOfFrames"), _optional_int(ds, "ImagesInAcquisition"),
+         row.calling_ae, t),
+    )  # fmt: skip
 
 
 def reopen_series(conn: sqlite3.Connection, series_uid: str, t: float) -> None:

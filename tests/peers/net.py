@@ -1,39 +1,9 @@
-"""Small networking helpers shared by the peer wrappers."""
+"""Networking helpers for the tests: the node's own (one implementation), under the names tests use."""
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from collections.abc import Callable
+from node.netutil import free_port, nodelay_env, port_open, wait_until
 
+dcmtk_env = nodelay_env
 
-def free_port() -> int:
-    """An ephemeral TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
-    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout_s`` (a deadline, not a sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def dcmtk_env() -> dict[str, str]:
-    """Environment for DCMTK tools and Orthanc: Debian's DCMTK leaves Nagle on unless TCP_NODELAY=1."""
-    return {**os.environ, "TCP_NODELAY": "1"}
+__all__ = ["dcmtk_env", "free_port", "port_open", "wait_until"]
