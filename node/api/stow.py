@@ -1,6 +1,6 @@
 """STOW-RS (PS3.18 §10.5): ``POST /dicom-web/studies`` with a multipart/related body of
 application/dicom parts, each stored through :meth:`InstanceStore.store_part10` — the same durable
-path as C-STORE (temp file, fsync, rename, index) — before the response is sent.
+path as C-STORE (temp file, fsync, rename; then the index) — before the response is sent.
 
 Response (PS3.18 §10.5.3, application/dicom+json): 200 every instance stored; 202 some stored, the
 rest in FailedSOPSequence with a FailureReason; 409 none stored; 400 when the body itself is not a
@@ -26,6 +26,8 @@ log = structlog.get_logger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 SOURCE = "stowrs"
+# The files are durable before this wait; past it the answer goes out and the index catches up.
+INDEX_FLUSH_TIMEOUT_S = 30.0
 
 
 class StowError(Exception):
@@ -195,6 +197,11 @@ def store_parts(
             metrics.instances_received.labels(source=SOURCE, result=stored.result).inc()
             metrics.bytes_received.labels(source=SOURCE).inc(stored.size_bytes)
             result.outcomes.append(PartOutcome(index, stored.sop_class_uid, stored.sop_instance_uid))
+    # store_part10 returns once the file is durable; its index rows are written by the store's
+    # indexer thread. The STOW-RS answer waits for them too, so a client that got 200 finds its
+    # instances in the API at once (as a DIMSE sender does after releasing its association).
+    if result.stored and not store.flush(timeout_s=INDEX_FLUSH_TIMEOUT_S):
+        log.warning("stow_index_lagging", stored=len(result.stored), timeout_s=INDEX_FLUSH_TIMEOUT_S)
     return result
 
 
