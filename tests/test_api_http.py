@@ -5,6 +5,8 @@ operator actions, and patient identity kept out of the log and (by default) out 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +29,9 @@ from tests.api_support import (
     stow,
 )
 from tests.dicom_factory import CANARIES, CANARY_PATIENT_ID, dataset_bytes, make_ct_series
-from tests.node_process import NodeProcess
+from tests.node_process import REPO_ROOT, NodeProcess
 from tests.peers.dcmtk import storescu
-from tests.peers.net import wait_until
+from tests.peers.net import free_port, port_open, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +191,9 @@ def test_stow_malformed_parts_fail_with_reasons_good_parts_stored(
     assert len(body["00081199"]["Value"]) == 2
     failed = body["00081198"]["Value"]
     assert [item["00081197"]["Value"][0] for item in failed] == [0xC000, 0xC000]
+    # The truncated part's File Meta was readable: its failure names the instance.
+    truncated_uid = str(pydicom.dcmread(files[2], stop_before_pixels=True).SOPInstanceUID)
+    assert "00081155" not in failed[0] and failed[1]["00081155"]["Value"] == [truncated_uid]
     warnings = response.headers.get_list("warning")
     assert any("part 2" in w and "not a DICOM Part-10 file" in w for w in warnings), warnings
     assert any("part 4" in w and "truncated" in w for w in warnings), warnings
@@ -334,3 +339,21 @@ def test_patient_identity_hidden_by_default_and_never_logged(
     for canary in CANARIES:
         assert canary not in log, f"{canary} reached the node's log"
     assert all(json.loads(line) for line in log.splitlines() if line.startswith("{"))
+
+
+def test_serve_http_port_flag_turns_the_api_on(tmp_path: Path) -> None:
+    dicom_port, http_port = free_port(), free_port()
+    args = [sys.executable, "-m", "node", "serve", "--data-dir", str(tmp_path / "data"), "--bind", "127.0.0.1"]
+    args += ["--port", str(dicom_port), "--workers", "0", "--allow", "STORESCU", "--http-port", str(http_port)]
+    with (tmp_path / "node.log").open("wb") as log:
+        process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: process.poll() is not None or port_open(http_port), 30, "the HTTP port")
+        assert process.poll() is None, (tmp_path / "node.log").read_text()
+        ready = httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json()["checks"]["workers_alive"]["configured"] == 0
+        assert httpx.get(f"http://127.0.0.1:{http_port}/api/studies", timeout=10).status_code == 401
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "http.auth.credentials is empty" in (tmp_path / "node.log").read_text()

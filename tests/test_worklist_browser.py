@@ -7,9 +7,11 @@ Screenshots: artifacts/worklist/worklist.png and worklist-priority-only.png (git
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import httpx
 import pydicom
 
 from tests.api_support import SENDER, add_findings_job, stow
@@ -29,7 +31,8 @@ def test_worklist_page_in_chromium(tmp_path: Path) -> None:
     # No skip: CI installs these (scripts/install-peers.sh); a missing browser is a failure to see.
     assert not missing_browser_parts(), missing_browser_parts()
     http = {
-        "auth": {"mode": "basic", "credentials": [OPERATOR_BASIC, SENDER]},
+        # Health and metrics closed even on loopback here: they need credentials like the API.
+        "auth": {"mode": "basic", "credentials": [OPERATOR_BASIC, SENDER], "open_health_on_loopback": False},
         "show_patient_identity": True,
         "priority_threshold": 0.7,
         "viewer_url_template": VIEWER_TEMPLATE,
@@ -46,11 +49,16 @@ def test_worklist_page_in_chromium(tmp_path: Path) -> None:
         plain_files = make_ct_series(tmp_path / "plain", slices=5, rows=48, columns=48, seed=3)
         plain = pydicom.dcmread(plain_files[0], stop_before_pixels=True)
         plain_study, plain_series = str(plain.StudyInstanceUID), str(plain.SeriesInstanceUID)
-        import httpx
-
         with httpx.Client(base_url=node.http_url, timeout=60) as client:
             headers = {"Authorization": "Basic " + _basic(SENDER["name"], SENDER["secret"])}
             assert stow(client, [f.read_bytes() for f in plain_files], headers).status_code == 200
+            operator = {"Authorization": "Basic " + _basic(OPERATOR_BASIC["name"], OPERATOR_BASIC["secret"])}
+            for path in ("/healthz", "/readyz", "/metrics"):
+                refused = client.get(path)
+                assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic"), path
+                assert client.get(path, headers=operator).status_code == 200, path
+            wrong_user = {"Authorization": "Basic " + _basic("nobody", OPERATOR_BASIC["secret"])}
+            assert client.get("/api/studies", headers=wrong_user).status_code == 401
         node.wait_series_state(plain_series, "complete", 30)
         for series in (flagged_series, plain_series):
             wait_until(lambda s=series: any(j["state"] == "done" for j in node.jobs(s)), 60, "series-summary job")
@@ -65,6 +73,13 @@ def test_worklist_page_in_chromium(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr[-3000:]
         seen = json.loads(done.stdout.strip().splitlines()[-1])
+        # A sample of /metrics after this real run (storescu + STOW-RS + jobs), kept beside the screenshots.
+        with httpx.Client(base_url=node.http_url, timeout=60) as client:
+            scraped = client.get("/metrics", headers=operator)
+        assert scraped.status_code == 200
+        (out / "metrics.txt").write_text(scraped.text)
+        assert 'ainode_instances_received_total{result="new",source="dimse"} 8.0' in scraped.text
+        assert 'ainode_instances_received_total{result="new",source="stowrs"} 5.0' in scraped.text
 
     assert seen["anonymous_status_seen"] == 401 and seen["anonymous_api_status"] == 401
     assert "ERR_INVALID_AUTH_CREDENTIALS" in seen.get("anonymous_error", "") or seen.get("anonymous_status") == 401
@@ -85,6 +100,4 @@ def test_worklist_page_in_chromium(tmp_path: Path) -> None:
 
 
 def _basic(user: str, password: str) -> str:
-    import base64
-
     return base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -91,6 +91,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     app.state.authenticator = auth
+
     # --- health and metrics -----------------------------------------------------------------------
     @app.get("/healthz", dependencies=[HealthAccess])
     @app.get("/health", dependencies=[HealthAccess], include_in_schema=False)  # deploy/Dockerfile's HEALTHCHECK

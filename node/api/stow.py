@@ -11,16 +11,21 @@ multipart/related message (nothing stored). The human-readable reason of each fa
 from __future__ import annotations
 
 import enum
+import io
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+# pydicom-internal but stable (node/store/ingest.py reads File Meta the same way).
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
 from node import metrics
 from node.dimse_status import StoreStatus
 from node.errors import InvalidDatasetError, InvalidIdentifierError, OutOfResourcesError
 from node.store.ingest import InstanceStore
+from node.uids import validate_uid
 
 log = structlog.get_logger(__name__)
 
@@ -180,9 +185,11 @@ def store_parts(
         try:
             stored = store.store_part10(content, calling_ae=calling_ae, called_ae=called_ae)
         except OutOfResourcesError as exc:
-            result.outcomes.append(_failed(index, FailureReason.OUT_OF_RESOURCES, str(exc), "out_of_resources"))
+            result.outcomes.append(
+                _failed(index, FailureReason.OUT_OF_RESOURCES, str(exc), "out_of_resources", content)
+            )
         except (InvalidDatasetError, InvalidIdentifierError) as exc:
-            result.outcomes.append(_failed(index, FailureReason.CANNOT_UNDERSTAND, str(exc), "invalid"))
+            result.outcomes.append(_failed(index, FailureReason.CANNOT_UNDERSTAND, str(exc), "invalid", content))
         except Exception as exc:  # one bad part must not lose the others
             log.exception("stow_part_processing_failure", part=index)
             result.outcomes.append(
@@ -205,6 +212,24 @@ def store_parts(
     return result
 
 
-def _failed(index: int, failure: FailureReason, reason: str, metric_reason: str = "invalid") -> PartOutcome:
+def _failed(
+    index: int, failure: FailureReason, reason: str, metric_reason: str = "invalid", content: bytes = b""
+) -> PartOutcome:
     metrics.instances_rejected.labels(source=SOURCE, reason=metric_reason).inc()
-    return PartOutcome(index, "", "", failure, reason)
+    sop_class, sop_instance = _announced_uids(content)
+    return PartOutcome(index, sop_class, sop_instance, failure, reason)
+
+
+def _announced_uids(content: bytes) -> tuple[str, str]:
+    """The SOP Class/Instance UIDs a failed part's File Meta announces, when readable and valid, so the
+    client can tell which instance failed; ("", "") otherwise."""
+    try:
+        stream = io.BytesIO(content)
+        read_preamble(stream, force=False)
+        meta = _read_file_meta_info(stream)
+        return (
+            validate_uid(meta.get("MediaStorageSOPClassUID"), "SOP Class UID"),
+            validate_uid(meta.get("MediaStorageSOPInstanceUID"), "SOP Instance UID"),
+        )
+    except Exception:  # anything unreadable simply has no UIDs to report
+        return "", ""
