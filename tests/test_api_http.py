@@ -357,3 +357,37 @@ def test_serve_http_port_flag_turns_the_api_on(tmp_path: Path) -> None:
         process.terminate()
         process.wait(timeout=30)
     assert "http.auth.credentials is empty" in (tmp_path / "node.log").read_text()
+
+
+def test_stow_from_dicomweb_client(client: httpx.Client, node: NodeProcess, tmp_path: Path) -> None:
+    """A real DICOMweb client library (dicomweb-client, requests underneath) builds its own body."""
+    from dicomweb_client.api import DICOMwebClient
+
+    files, _, series_uid = _series(tmp_path, "dwc", slices=4, seed=21)
+    web = DICOMwebClient(url=f"{node.http_url}/dicom-web", headers=bearer(SENDER))
+    response = web.store_instances([pydicom.dcmread(f) for f in files])
+    referenced = {str(item.ReferencedSOPInstanceUID) for item in response.ReferencedSOPSequence}
+    assert referenced == {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert "FailedSOPSequence" not in response
+    stored = node.db().query("SELECT COUNT(*) AS n FROM instances WHERE series_uid = ?", (series_uid,))
+    assert stored[0]["n"] == len(files)
+
+
+def test_orthanc_pushes_a_study_over_stow_rs(node: NodeProcess, tmp_path: Path) -> None:
+    """The PACS stand-in as the STOW-RS client: Orthanc's DICOMweb plugin sends a study to the node."""
+    from node.local_pacs import LocalOrthanc
+
+    files, study_uid, series_uid = _series(tmp_path, "orthanc", slices=5, seed=31)
+    web = {
+        "Enable": True,
+        "Root": "/dicom-web/",
+        "Servers": {"node": {"Url": f"{node.http_url}/dicom-web/", "HttpHeaders": bearer(SENDER)}},
+    }
+    with LocalOrthanc(tmp_path / "orthanc", extra_config={"DicomWeb": web}) as orthanc:
+        for f in files:
+            orthanc.upload(f)
+        (study,) = orthanc.get("/studies")
+        orthanc.post("/dicom-web/servers/node/stow", {"Resources": [study], "Synchronous": True})
+    node.wait_series_state(series_uid, "complete", 30)
+    rows = node.db().query("SELECT calling_ae FROM instances WHERE study_uid = ?", (study_uid,))
+    assert len(rows) == len(files) and {r["calling_ae"] for r in rows} == {"PACSWEB"}
