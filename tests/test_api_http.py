@@ -391,3 +391,22 @@ def test_orthanc_pushes_a_study_over_stow_rs(node: NodeProcess, tmp_path: Path) 
     node.wait_series_state(series_uid, "complete", 30)
     rows = node.db().query("SELECT calling_ae FROM instances WHERE study_uid = ?", (study_uid,))
     assert len(rows) == len(files) and {r["calling_ae"] for r in rows} == {"PACSWEB"}
+
+
+def test_disk_below_watermark_makes_the_node_unready_and_stow_refuse(tmp_path: Path) -> None:
+    http = {"auth": {"mode": "token", "credentials": CREDENTIALS}}
+    full_disk = {"storage": {"min_free_disk_mb": 1 << 40}}  # more than any disk here: "full"
+    with NodeProcess(tmp_path / "node", full_disk, http=http) as full:
+        ready = httpx.get(f"{full.http_url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        checks = ready.json()["checks"]
+        assert not checks["disk_above_watermark"]["ok"] and checks["index_writable"]["ok"]
+        files, _, _ = _series(tmp_path, "full", slices=2, seed=41)
+        with httpx.Client(base_url=full.http_url, timeout=30) as c:
+            response = stow(c, [f.read_bytes() for f in files], bearer(SENDER))
+        assert response.status_code == 409
+        reasons = [item["00081197"]["Value"][0] for item in response.json()["00081198"]["Value"]]
+        assert reasons == [0xA700, 0xA700]
+        assert "watermark" in response.headers["warning"]
+        assert full.db().query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0
+        assert not spool_files(full.data_dir)
