@@ -89,12 +89,16 @@ def main() -> None:
             node = min(_time_node(work, chosen, args.repeat))
             images = args.slices * senders
             results[senders] = (scp, node, images)
-            print(f"{senders} sender(s): storescp {scp:.2f} s ({images / scp:.0f} img/s) | node {node:.2f} s "
-                  f"({images / node:.0f} img/s) | node/storescp wall-time ratio {node / scp:.2f}")
+            print(
+                f"{senders} sender(s): storescp {scp:.2f} s ({images / scp:.0f} img/s) | node {node:.2f} s "
+                f"({images / node:.0f} img/s) | node/storescp wall-time ratio {node / scp:.2f}"
+            )
         one, four = results[1], results[4]
         gain = (four[2] / four[1]) / (one[2] / one[1])
-        print(f"node throughput with 4 concurrent senders / with 1 sender: {gain:.2f}x "
-              f"(storescp: {(four[2] / four[0]) / (one[2] / one[0]):.2f}x)")
+        print(
+            f"node throughput with 4 concurrent senders / with 1 sender: {gain:.2f}x "
+            f"(storescp: {(four[2] / four[0]) / (one[2] / one[0]):.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ _COMMAND_MODULES = [
     "node.cli.route_cmd",
     "node.cli.delivery_cmd",
     "node.cli.demo_cmd",
+    "node.cli.process_cmd",
 ]
 
 

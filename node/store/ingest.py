@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import pydicom
 import structlog
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 # pydicom-internal but stable since 1.x: reads the File Meta group and leaves the stream at the
@@ -27,12 +27,12 @@ from pydicom.filereader import (
     _read_file_meta_info,
     read_preamble,
 )
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
 from node import __version__
-from node.errors import InvalidDatasetError, InvalidIdentifierError, OutOfResourcesError
+from node.errors import InvalidDatasetError, OutOfResourcesError
 from node.store.db import Database, now
+from node.store.fast_dicom import encode_file_meta, parse_header
 from node.store.spool import Spool
 from node.uids import validate_uid
 from node.work.jobs import supersede_open_jobs
@@ -113,25 +113,6 @@ def _optional_float(ds: Dataset, keyword: str) -> float | None:
         return None
 
 
-def _check_native_pixel_length(ds: Dataset) -> None:
-    """pydicom silently accepts truncated native pixel data; a short PixelData is a broken instance."""
-    if "PixelData" not in ds or ds.file_meta.TransferSyntaxUID.is_compressed:
-        return
-    try:
-        expected = (
-            int(ds.Rows)
-            * int(ds.Columns)
-            * int(ds.get("SamplesPerPixel", 1))
-            * int(ds.BitsAllocated)
-            * int(ds.get("NumberOfFrames", 1) or 1)
-        ) // 8
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InvalidDatasetError(f"image attributes missing or malformed: {exc}") from None
-    actual = len(ds.PixelData)
-    if actual < expected:
-        raise InvalidDatasetError(f"pixel data truncated: {actual} bytes, image needs {expected}")
-
-
 class InstanceStore:
     """The one place instances enter the node."""
 
@@ -196,18 +177,10 @@ class InstanceStore:
         sop_class = validate_uid(sop_class_hint, "SOP Class UID")
         sop_uid = validate_uid(sop_instance_hint, "SOP Instance UID")
 
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(sop_class)
-        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-        meta.TransferSyntaxUID = transfer_syntax
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-        header = io.BytesIO()
-        header.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(header, meta, enforce_standard=True)  # type: ignore[arg-type]  # BytesIO is a valid file-like
-        header_bytes = header.getvalue()
-
-        ds = self._parse(header_bytes + dataset_bytes)
+        header_bytes = encode_file_meta(
+            sop_class, sop_uid, transfer_syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+        )
+        ds = parse_header(dataset_bytes, transfer_syntax, header_bytes)
         study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
         series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         if validate_uid(ds.get("SOPInstanceUID"), "dataset SOPInstanceUID") != sop_uid:
@@ -247,17 +220,6 @@ class InstanceStore:
             )
         )
         return StoredInstance(sop_uid, series_uid, study_uid, sop_class, path, len(dataset_bytes), result)
-
-    @staticmethod
-    def _parse(part10: bytes) -> Dataset:
-        try:
-            ds = pydicom.dcmread(io.BytesIO(part10))
-        except InvalidIdentifierError:
-            raise
-        except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
-            raise InvalidDatasetError(f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from None
-        _check_native_pixel_length(ds)
-        return ds
 
     def flush(self, timeout_s: float = 30) -> bool:
         """Wait until every stored instance is in the index (tests, association release, STOW-RS)."""

@@ -75,7 +75,9 @@ class Worker:
         heartbeat.start()
         try:
             result, timings, volume = self._execute(job)
+            encode_start = time.perf_counter()
             outputs = self._encode(job, result, volume)
+            timings["encode"] = time.perf_counter() - encode_start
             self._finish(job, result, outputs, timings)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
