@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from node.errors import ConfigError
 from node.export.backoff import RetryPolicy
@@ -118,6 +118,85 @@ class DeliveryConfig(_Model):
     batch_size: int = Field(default=64, ge=1, le=1000)
 
 
+# --- HTTP operations surface (node/api) ---------------------------------------------------------------
+class HttpCredential(_Model):
+    """One credential of the HTTP API: a bearer token (auth.mode token) or a user's password (basic)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    secret: SecretStr
+    # viewer: read the API and the worklist; operator: also re-run studies, retry deliveries and
+    # upload over STOW-RS; sender: STOW-RS only (a PACS or modality pushing studies).
+    role: Literal["viewer", "operator", "sender"] = "viewer"
+    # Calling AE recorded for instances this credential stores over STOW-RS (routing rules see it),
+    # the HTTP counterpart of the DICOM allow-list; default http.stow_calling_ae.
+    ae_title: str | None = None
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 8:
+            raise ValueError("secret must be at least 8 characters")
+        return value
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_aet(cls, value: str | None) -> str | None:
+        return None if value is None else validate_ae_title(value)
+
+
+class HttpAuthConfig(_Model):
+    mode: Literal["token", "basic"] = "token"
+    credentials: list[HttpCredential] = Field(default_factory=list)
+    # /healthz, /readyz and /metrics answer requests from 127.0.0.1/::1 without credentials.
+    open_health_on_loopback: bool = True
+
+    @model_validator(mode="after")
+    def _unique(self) -> HttpAuthConfig:
+        names = [c.name for c in self.credentials]
+        if len(names) != len(set(names)):
+            raise ValueError("credential names must be unique")
+        # Unique secrets are checked by node/api/auth.py: worker processes receive this config
+        # dumped as JSON, where every SecretStr reads "**********".
+        return self
+
+
+class HttpConfig(_Model):
+    enabled: bool = False
+    bind_address: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)  # 0: an ephemeral port (tests)
+    auth: HttpAuthConfig = Field(default_factory=HttpAuthConfig)
+    # Patient name and ID on the worklist page and in the JSON API; never in logs either way.
+    show_patient_identity: bool = False
+    # A study whose highest malignancy probability reaches this is flagged as priority.
+    priority_threshold: float = Field(default=0.5, ge=0, le=1)
+    # Pipelines whose findings are nodules (the worklist counts them); others report measurements.
+    findings_pipelines: list[str] = Field(default_factory=lambda: ["lung-nodule"])
+    viewer_url_template: str = "http://localhost:3000/viewer?StudyInstanceUIDs={study_uid}"
+    stow_calling_ae: str = "STOWRS"
+    refresh_interval_s: float = Field(default=15.0, ge=2)
+    # Largest STOW-RS request body accepted (bytes); the body is held in memory while it is stored.
+    max_stow_bytes: int = Field(default=2 * 1024**3, ge=1024)
+
+    _check_stow_aet = field_validator("stow_calling_ae")(validate_ae_title)
+
+    @field_validator("bind_address")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        if "{study_uid}" not in value:
+            raise ValueError("viewer_url_template must contain {study_uid}")
+        try:
+            value.format(study_uid="1.2.3")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"viewer_url_template: only {{study_uid}} may be substituted ({exc})") from None
+        return value
+
+
 def default_routes() -> list[Route]:
     """Without a `routes:` section: every CT series that is not a localizer goes to the lung-nodule
     pipeline, and its results stay on the node (no destination)."""
@@ -141,6 +220,7 @@ class NodeConfig(_Model):
     workers: WorkerConfig = Field(default_factory=WorkerConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     destinations: dict[DestinationName, DestinationConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=default_routes)
 

@@ -6,7 +6,7 @@ at scrape time by the HTTP layer, so they are right even when work happens in ot
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -23,10 +23,6 @@ instances_rejected = Counter(
 associations = Counter("ainode_associations_total", "DICOM associations by outcome", ["outcome"], registry=REGISTRY)
 active_associations = Gauge("ainode_associations_active", "Open DICOM associations", registry=REGISTRY)
 series_completed = Counter("ainode_series_completed_total", "Series judged complete", ["reason"], registry=REGISTRY)
-job_duration = Histogram(
-    "ainode_job_duration_seconds",
-    "Wall time of finished jobs",
-    ["pipeline", "state"],
-    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
-    registry=REGISTRY,
-)
+# ainode_job_duration_seconds (histogram by pipeline and outcome) is built from the index at scrape
+# time by node/api/metrics.py: jobs finish in worker processes, where an in-process histogram of this
+# process would never be observed.

@@ -10,7 +10,7 @@ import signal
 import threading
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import structlog
 
@@ -27,6 +27,9 @@ from node.store.spool import Spool
 from node.work.jobs import JobState, record_transition
 from node.work.supervisor import WorkerSupervisor
 from node.work.worker import index_path
+
+if TYPE_CHECKING:
+    from node.api.server import HttpServer
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +53,13 @@ class NodeService:
             config.delivery.retry,
             batch_size=config.delivery.batch_size,
         )
+        self.http: HttpServer | None = None
+        if config.http.enabled:
+            from node.api.app import create_app
+            from node.api.server import HttpServer
+
+            app = create_app(config, self.db, self.store, workers_alive=self.supervisor.alive)
+            self.http = HttpServer(app, config.http)
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -68,11 +78,15 @@ class NodeService:
         self.completeness.start()
         self.supervisor.start()
         self.outbox.start(self.config.delivery.check_interval_s)
+        if self.http is not None:
+            self.http.start()
 
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.http is not None:
+            self.http.stop()  # first: no new STOW-RS uploads while the rest shuts down
         self.scp.stop()
         self.store.close()
         self.completeness.stop()

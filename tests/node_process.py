@@ -28,7 +28,14 @@ def _terminate_with_parent() -> None:
 
 
 class NodeProcess:
-    def __init__(self, workdir: Path, config: dict[str, Any] | None = None, *, ae_title: str = "AINODE") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any] | None = None,
+        *,
+        ae_title: str = "AINODE",
+        http: dict[str, Any] | None = None,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "node-data"
@@ -50,6 +57,11 @@ class NodeProcess:
                 {"name": "all-ct", "when": {"tag": "Modality", "equals": "CT"}, "pipelines": ["series-summary"]}
             ],
         }
+        # The HTTP API on an ephemeral loopback port when ``http`` (the rest of the section) is given.
+        self.http_port: int | None = None
+        if http is not None:
+            self.http_port = free_port()
+            base["http"] = {"enabled": True, "bind_address": "127.0.0.1", "port": self.http_port, **http}
         for section, values in (config or {}).items():
             if isinstance(values, dict):
                 base.setdefault(section, {}).update(values)
@@ -82,10 +94,17 @@ class NodeProcess:
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"node exited early:\n{self.log_text()[-3000:]}")
-            return port_open(self.port)
+            # HTTP first: it starts after the SCP, and every probe of the DICOM port is an association
+            # attempt that holds one of the SCP's association slots until its ACSE timeout.
+            return (self.http_port is None or port_open(self.http_port)) and port_open(self.port)
 
         wait_until(ready, timeout_s, "the node to listen")
         return self
+
+    @property
+    def http_url(self) -> str:
+        assert self.http_port is not None, "started without http="
+        return f"http://127.0.0.1:{self.http_port}"
 
     def kill(self) -> None:
         """SIGKILL the whole process group (node and its workers), as a crash would."""

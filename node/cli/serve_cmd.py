@@ -42,7 +42,10 @@ def _serve(args: argparse.Namespace) -> int:
         allowed = _parse_allow(args.allow)
         if allowed is not None:
             dicom["allowed_callers"] = allowed
-        config = config_from_args(args, {"dicom": dicom, "workers": {"processes": args.workers}})
+        extra: dict[str, dict[str, Any]] = {"dicom": dicom, "workers": {"processes": args.workers}}
+        if args.http_port is not None:  # --http-port N also turns the HTTP API on
+            extra["http"] = {"port": args.http_port, "enabled": True}
+        config = config_from_args(args, extra)
         configure_logging(config.logging.level, config.logging.format)
         service = NodeService(config)
     except ConfigError as exc:
@@ -54,7 +57,17 @@ def _serve(args: argparse.Namespace) -> int:
             "(add callers in the config or with --allow AET[@HOST])",
             file=sys.stderr,
         )
-    service.run_until_signalled()
+    if config.http.enabled and not config.http.auth.credentials:
+        print(
+            "ainode: warning: http.auth.credentials is empty: the API, the worklist and STOW-RS refuse everyone",
+            file=sys.stderr,
+        )
+    try:
+        service.run_until_signalled()
+    except ConfigError as exc:  # e.g. the HTTP port is taken: found only when the server binds
+        print(f"ainode: {exc}", file=sys.stderr)
+        service.stop()
+        return 2
     return 0
 
 
@@ -79,6 +92,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--bind", help="overrides dicom.bind_address")
     p.add_argument("--allow", action="append", metavar="AET[@HOST]", help="allowed caller (repeatable)")
     p.add_argument("--workers", type=int, help="overrides workers.processes")
+    p.add_argument("--http-port", type=int, help="serve the HTTP API on this port (overrides http.port, enables http)")
     p.set_defaults(func=_serve)
 
     c = sub.add_parser("check-config", help="validate a configuration file and exit")
