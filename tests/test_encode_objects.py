@@ -417,3 +417,25 @@ def test_encodes_the_volume_of_the_nodes_loader(siemens: tuple[list[pydicom.Data
     assert [s.sop_instance_uid for s in volume.slices] == [s.sop_instance_uid for s in local.slices]
     datasets = encode_results(two_nodules(volume), volume, sources, uid_seed="loader")
     assert [ds.Modality for ds in datasets] == ["SEG", "SR", "OT", "OT"]
+
+
+def test_superseding_results_name_the_report_they_replace(
+    encoded: Encoded, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    first_sr = next(ds for ds in encoded.datasets if ds.Modality == "SR")
+    again = encode_results(
+        encoded.result, encoded.volume, encoded.sources, uid_seed="job-42-generation-2", previous_reports=[first_sr]
+    )
+    paths = write_results(again, tmp_path_factory.mktemp("out-superseding"))
+    new_sr = next(ds for ds in again if ds.Modality == "SR")
+    predecessors = [
+        ref.ReferencedSOPInstanceUID
+        for study in new_sr.PredecessorDocumentsSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    ]
+    assert predecessors == [first_sr.SOPInstanceUID]
+    assert all("supersedes" in ds.SeriesDescription for ds in again)
+    assert new_sr.SOPInstanceUID != first_sr.SOPInstanceUID
+    for path, ds in zip(paths, again, strict=True):
+        _judge(path, f"superseding-{ds.Modality}-{ds.InstanceNumber}")

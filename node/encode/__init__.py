@@ -33,12 +33,15 @@ def encode_results(
     uid_seed: str,
     series_number_base: int = 9000,
     fractional_seg: bool = False,
+    previous_reports: Sequence[pydicom.Dataset] = (),
 ) -> list[pydicom.Dataset]:
     """The SEG (when there are findings), the SR (always, for a completed result) and one SC per finding.
 
     ``source_datasets`` are the source CT instances in any order; they are matched to the volume's slices
     by SOP Instance UID. Every UID of the outputs derives from ``uid_seed`` (same seed, same UIDs).
     A not-applicable result gives no objects: the node did not analyse the series.
+    ``previous_reports`` are the SRs this result supersedes (the series grew after they were made): the new
+    SR lists them in its Predecessor Documents Sequence and every new series says it supersedes earlier ones.
     Raises EncodeError for findings that cannot be encoded faithfully.
     """
     common.derive_uid(uid_seed)  # fails fast on an empty seed
@@ -49,7 +52,7 @@ def encode_results(
         # highdicom warns about a single-component PatientName copied from the source, and the warning's
         # text holds the name: keep it out of the logs (no PHI in logs). The name is copied unchanged.
         warnings.filterwarnings("ignore", message=".*intended person name.*")
-        return _encode(result, volume, checked, uid_seed, series_number_base, fractional_seg)
+        return _encode(result, volume, checked, uid_seed, series_number_base, fractional_seg, previous_reports)
 
 
 def _encode(
@@ -59,6 +62,7 @@ def _encode(
     uid_seed: str,
     series_number_base: int,
     fractional_seg: bool,
+    previous_reports: Sequence[pydicom.Dataset],
 ) -> list[pydicom.Dataset]:
     outputs: list[pydicom.Dataset] = []
     seg = None
@@ -70,6 +74,7 @@ def _encode(
             uid_seed=uid_seed,
             series_number=series_number_base + common.SEG_SERIES_OFFSET,
             fractional=fractional_seg,
+            superseding=bool(previous_reports),
         )
         outputs.append(seg)
     outputs.append(
@@ -80,6 +85,7 @@ def _encode(
             seg,
             uid_seed=uid_seed,
             series_number=series_number_base + common.SR_SERIES_OFFSET,
+            previous_reports=previous_reports,
         )
     )
     for index, finding in enumerate(result.findings, start=1):
@@ -92,6 +98,7 @@ def _encode(
                 instance_number=index,
                 uid_seed=uid_seed,
                 series_number=series_number_base + common.SC_SERIES_OFFSET,
+                superseding=bool(previous_reports),
             )
         )
     return outputs

@@ -61,9 +61,11 @@ def derive_uid(uid_seed: str, *parts: str) -> UID:
 NODE_DEVICE_OBSERVER_UID = derive_uid("ainode", "device-observer")
 
 
-def series_description(kind: str) -> str:
-    """E.g. 'AI nodule SEG AI NOT FOR DIAGNOSTIC USE', cut to fit LO."""
-    base = f"AI nodule {kind} {DESCRIPTION_SUFFIX}"
+def series_description(kind: str, *, supersedes: bool = False) -> str:
+    """E.g. 'AI nodule SEG AI NOT FOR DIAGNOSTIC USE', cut to fit LO. Results of a re-run after the
+    series grew say so, so a reader tells the current report from the one it replaces."""
+    middle = f"{kind} supersedes earlier" if supersedes else kind
+    base = f"AI nodule {middle} {DESCRIPTION_SUFFIX}"
     return base[:LO_MAX_CHARS]
 
 

@@ -109,6 +109,7 @@ def encode_sc(
     instance_number: int,
     uid_seed: str,
     series_number: int,
+    superseding: bool = False,
 ) -> hd.sc.SCImage:
     z = common.key_slice(finding)
     source = checked.ordered_sources[z]
@@ -130,7 +131,7 @@ def encode_sc(
         ),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=common.equipment(result),
-        series_description=common.series_description("Grad-CAM"),
+        series_description=common.series_description("Grad-CAM", supersedes=superseding),
         manufacturer_model_name=common.model_name(result),
         software_versions=common.software_versions(result)[0],
         device_serial_number=common.NODE_DEVICE_SERIAL_NUMBER,

@@ -61,6 +61,7 @@ def encode_seg(
     uid_seed: str,
     series_number: int,
     fractional: bool = False,
+    superseding: bool = False,
 ) -> hd.seg.Segmentation:
     findings = result.findings
     if not findings:
@@ -124,7 +125,7 @@ def encode_seg(
         content_creator_name="AINODE^AI",
         omit_empty_frames=True,
         contributing_equipment=common.equipment(result),
-        series_description=common.series_description("SEG"),
+        series_description=common.series_description("SEG", supersedes=superseding),
     )
     common.finish_header(seg, sources[0], result)
     return seg

@@ -14,6 +14,8 @@ so an SR from a run that found nothing says so ("ran, found nothing"); no SR mea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
@@ -241,6 +243,7 @@ def encode_sr(
     *,
     uid_seed: str,
     series_number: int,
+    previous_reports: Sequence[pydicom.Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     groups: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     segment_numbers = seg.segment_number_of(result.findings)
@@ -280,7 +283,8 @@ def encode_sr(
         is_final=False,
         is_verified=False,  # VerificationFlag UNVERIFIED: no human has checked the AI's output
         contributing_equipment=common.equipment(result),
-        series_description=common.series_description("SR"),
+        series_description=common.series_description("SR", supersedes=bool(previous_reports)),
+        previous_versions=list(previous_reports) or None,
         manufacturer_model_name=common.model_name(result),
         software_versions=common.software_versions(result)[0],
         device_serial_number=common.NODE_DEVICE_SERIAL_NUMBER,

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import structlog
 
 from node.config import NodeConfig
@@ -110,8 +111,6 @@ class Worker:
         """DICOM objects for a completed findings result: [(sop_uid, kind, path)]."""
         if result.status is not ResultStatus.COMPLETED or job.pipeline != "lung-nodule" or volume is None:
             return []
-        import pydicom
-
         from node.encode import encode_results, write_results
 
         by_uid = {s.sop_instance_uid for s in volume.slices}
@@ -120,10 +119,19 @@ class Worker:
         # Same seed for every attempt of this series generation: a re-run after a crash produces
         # the same SOP Instance UIDs, so the PACS never holds two copies.
         seed = f"{job.series_uid}/{job.generation}/{job.pipeline}"
-        datasets = encode_results(result, volume, sources, uid_seed=seed)
+        datasets = encode_results(result, volume, sources, uid_seed=seed, previous_reports=self._earlier_reports(job))
         out_dir = self.spool.results_root / str(job.id)
         paths = write_results(datasets, out_dir)
         return [(str(ds.SOPInstanceUID), str(ds.Modality), p) for ds, p in zip(datasets, paths, strict=True)]
+
+    def _earlier_reports(self, job: Job) -> list[pydicom.Dataset]:
+        """SRs of earlier generations of this series: the new results supersede them."""
+        rows = self.db.query(
+            """SELECT r.path FROM results r JOIN jobs j ON j.id = r.job_id
+               WHERE j.series_uid = ? AND j.pipeline = ? AND j.generation < ? AND r.kind = 'SR'""",
+            (job.series_uid, job.pipeline, job.generation),
+        )
+        return [pydicom.dcmread(r["path"]) for r in rows if Path(r["path"]).exists()]
 
     def _finish(
         self,
