@@ -112,7 +112,7 @@ class NodeService:
             if str(path) in known:
                 continue
             try:
-                self.store.store_part10(path.read_bytes(), calling_ae="", called_ae=self.config.dicom.ae_title)
+                self.store.index_spool_file(path, called_ae=self.config.dicom.ae_title)
                 count += 1
             except NodeError as exc:
                 log.error("spool_file_unreadable", path=str(path), reason=str(exc))

@@ -93,3 +93,20 @@ def test_orthanc_sends_a_study_to_the_node(tmp_path: Path) -> None:
         assert row["calling_ae"] == "ORTHANC"
         assert row["completion_reason"].startswith("geometry")
         assert time.monotonic() - t0 < 30
+
+
+def test_spool_files_missing_from_the_index_are_indexed_at_start_up(tmp_path: Path) -> None:
+    """The indexer commits rows just after Success is answered; if the node dies in between, the file is
+    durable but unindexed. Start-up must index it (simulated here by deleting its rows)."""
+    files = make_ct_series(tmp_path / "ct", slices=8)
+    series_uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    node = NodeProcess(tmp_path / "node", {"workers": {"processes": 0}})
+    with node:
+        assert storescu(node.port, files, called=node.ae_title).returncode == 0
+        node.wait_series_state(series_uid, "complete", timeout_s=20)
+    with node.db().transaction() as conn:
+        conn.execute("DELETE FROM instances WHERE sop_instance_uid IN (SELECT sop_instance_uid FROM instances LIMIT 3)")
+    assert node.db().query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 5
+    with node.start():
+        assert node.db().query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 8
+        assert '"instances_reindexed": 3' in node.log_text()

@@ -142,15 +142,7 @@ class InstanceStore:
 
     def store_part10(self, file_bytes: bytes, *, calling_ae: str, called_ae: str) -> StoredInstance:
         """A DICOM Part-10 file (STOW-RS, import)."""
-        stream = io.BytesIO(file_bytes)
-        try:
-            read_preamble(stream, force=False)
-            meta = _read_file_meta_info(stream)
-        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-            raise InvalidDatasetError(f"not a DICOM Part-10 file: {exc}") from None
-        if "TransferSyntaxUID" not in meta:
-            raise InvalidDatasetError("File Meta has no TransferSyntaxUID")
-        dataset_bytes = file_bytes[stream.tell() :]
+        meta, dataset_bytes = _split_part10(file_bytes)
         return self._store(
             dataset_bytes,
             UID(meta.TransferSyntaxUID),
@@ -159,6 +151,19 @@ class InstanceStore:
             calling_ae,
             called_ae,
         )
+
+    def index_spool_file(self, path: Path, *, called_ae: str) -> None:
+        """Index a file already durable in the spool whose rows were lost (the node died between
+        answering Success and the indexer's commit). The calling AE of such an instance is unknown."""
+        file_bytes = path.read_bytes()
+        meta, dataset_bytes = _split_part10(file_bytes)
+        header_len = len(file_bytes) - len(dataset_bytes)
+        ds = parse_header(dataset_bytes, UID(meta.TransferSyntaxUID), file_bytes[:header_len])
+        validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+        self.indexer.submit(
+            _PendingRow(ds, path, len(file_bytes), dataset_bytes, str(meta.get("MediaStorageSOPClassUID", "")),
+                        str(meta.TransferSyntaxUID), "", called_ae, "new", now())
+        )  # fmt: skip
 
     # --- the work ----------------------------------------------------------------------------
     def _store(
@@ -227,6 +232,19 @@ class InstanceStore:
 
     def close(self) -> None:
         self.indexer.close()
+
+
+def _split_part10(file_bytes: bytes) -> tuple[Dataset, bytes]:
+    """(File Meta, dataset bytes as stored) of a Part-10 file."""
+    stream = io.BytesIO(file_bytes)
+    try:
+        read_preamble(stream, force=False)
+        meta = _read_file_meta_info(stream)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        raise InvalidDatasetError(f"not a DICOM Part-10 file: {exc}") from None
+    if "TransferSyntaxUID" not in meta:
+        raise InvalidDatasetError("File Meta has no TransferSyntaxUID")
+    return meta, file_bytes[stream.tell() :]
 
 
 @dataclass(frozen=True)
