@@ -220,6 +220,9 @@ def worker_process_main(config_data: dict[str, Any], worker_id: str) -> None:
     config = NodeConfig.model_validate(config_data)
     configure_logging(config.logging.level, config.logging.format)
     structlog.contextvars.bind_contextvars(worker_id=worker_id)
+    # Read by the pipelines when they load their model (node/ itself never imports torch).
+    os.environ["AINODE_DEVICE"] = config.workers.device
     if config.workers.torch_threads:
+        os.environ["AINODE_TORCH_THREADS"] = str(config.workers.torch_threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(config.workers.torch_threads))
     Worker(config, worker_id).run_forever()
