@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +45,16 @@ class DemoReport:
     disclaimer: str = "NOT FOR DIAGNOSTIC USE"
 
 
-def demo_config(workdir: Path, orthanc: LocalOrthanc, node_port: int) -> NodeConfig:
+def demo_config(workdir: Path, orthanc: LocalOrthanc, node_port: int, http_port: int, password: str) -> NodeConfig:
     return NodeConfig.model_validate(
         {
+            "http": {
+                "enabled": True,
+                "port": http_port,
+                "auth": {"mode": "basic", "credentials": [{"name": "demo", "secret": password, "role": "operator"}]},
+                # No OHIF in the demo: the worklist links to the study's series in the PACS's DICOMweb.
+                "viewer_url_template": orthanc.dicomweb_url + "/studies/{study_uid}/series",
+            },
             "dicom": {
                 "ae_title": NODE_AET,
                 "port": node_port,
@@ -120,7 +128,9 @@ def run_demo(
         lua_script=AUTOROUTE_LUA.read_text(),
         stable_age_s=2,
     )
-    config = demo_config(workdir, orthanc, node_port)
+    http_port = free_port()
+    password = secrets.token_urlsafe(12)
+    config = demo_config(workdir, orthanc, node_port, http_port, password)
     from node.logging_setup import configure_logging
 
     configure_logging(config.logging.level, config.logging.format)
@@ -140,6 +150,8 @@ def run_demo(
         _wait_for_results(service, orthanc, study_uid, report, t0, timeout_s)
         _fill_from_index(service, report)
         report.where_to_look = {
+            "worklist": f"http://127.0.0.1:{http_port}/worklist (user demo, password {password})",
+            "metrics": f"http://127.0.0.1:{http_port}/metrics",
             "pacs_study": f"{orthanc.url}/app/explorer.html#study?uuid={_orthanc_study_id(orthanc, study_uid)}",
             "dicomweb": f"{orthanc.dicomweb_url}/studies/{study_uid}/series",
             "node_status": f"ainode status --data-dir {config.storage.data_dir}",
