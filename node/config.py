@@ -33,6 +33,11 @@ def validate_ae_title(value: str) -> str:
     return stripped
 
 
+def validate_ip_address(value: str) -> str:
+    ipaddress.ip_address(value)  # raises ValueError with a clear message
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -68,11 +73,7 @@ class DicomConfig(_Model):
 
     _check_aet = field_validator("ae_title")(validate_ae_title)
 
-    @field_validator("bind_address")
-    @classmethod
-    def _check_bind(cls, value: str) -> str:
-        ipaddress.ip_address(value)
-        return value
+    _check_bind = field_validator("bind_address")(validate_ip_address)
 
 
 class StorageConfig(_Model):
@@ -179,11 +180,7 @@ class HttpConfig(_Model):
 
     _check_stow_aet = field_validator("stow_calling_ae")(validate_ae_title)
 
-    @field_validator("bind_address")
-    @classmethod
-    def _check_bind(cls, value: str) -> str:
-        ipaddress.ip_address(value)
-        return value
+    _check_bind = field_validator("bind_address")(validate_ip_address)
 
     @field_validator("viewer_url_template")
     @classmethod

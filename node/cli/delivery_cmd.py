@@ -6,24 +6,13 @@ import argparse
 import json
 import sys
 
-from node.cli.serve_cmd import add_config_arguments, config_from_args
+from node.cli.serve_cmd import add_config_arguments, open_index
 from node.errors import ConfigError
-
-
-def _open_db(args: argparse.Namespace):  # type: ignore[no-untyped-def]  # Database, imported lazily
-    from node.store.db import Database
-    from node.work.worker import index_path
-
-    config = config_from_args(args)
-    path = index_path(config)
-    if not path.exists():
-        raise ConfigError(f"no index at {path} (has the node run with this data dir?)")
-    return Database(path)
 
 
 def _deliveries(args: argparse.Namespace) -> int:
     try:
-        db = _open_db(args)
+        db = open_index(args)
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 2
@@ -56,7 +45,7 @@ def _retry(args: argparse.Namespace) -> int:
     from node.export.outbox import retry_delivery
 
     try:
-        db = _open_db(args)
+        db = open_index(args)
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 2

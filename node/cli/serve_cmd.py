@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.config import NodeConfig, load_config
 from node.errors import ConfigError
+
+if TYPE_CHECKING:
+    from node.store.db import Database
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +24,17 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, dict[str, Any]] 
     for section, values in (extra or {}).items():
         overrides.setdefault(section, {}).update(values)
     return load_config(args.config, overrides)
+
+
+def open_index(args: argparse.Namespace) -> Database:
+    """The index of the configured data dir (for commands that read it while the node runs)."""
+    from node.store.db import Database
+    from node.work.worker import index_path
+
+    path = index_path(config_from_args(args))
+    if not path.exists():
+        raise ConfigError(f"no index at {path} (has the node run with this data dir?)")
+    return Database(path)
 
 
 def _parse_allow(values: list[str] | None) -> list[dict[str, str | None]] | None:

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from node.cli.serve_cmd import add_config_arguments, config_from_args
+from node.cli.serve_cmd import add_config_arguments, open_index
 from node.errors import ConfigError
 
 
@@ -40,19 +40,12 @@ def collect_status(db: Any) -> dict[str, Any]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from node.store.db import Database
-    from node.work.worker import index_path
-
     try:
-        config = config_from_args(args)
+        db = open_index(args)
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 2
-    path = index_path(config)
-    if not path.exists():
-        print(f"ainode: no index at {path} (has the node run with this data dir?)", file=sys.stderr)
-        return 1
-    status = collect_status(Database(path))
+    status = collect_status(db)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
