@@ -17,9 +17,9 @@ import pydicom
 from tests.api_support import SENDER, add_findings_job, stow
 from tests.dicom_factory import CANARY_PATIENT_NAME, make_ct_series
 from tests.node_process import NodeProcess
-from tests.peers.chromium import REPO, missing_browser_parts, run_browser_script
 from tests.peers.dcmtk import storescu
 from tests.peers.net import wait_until
+from tests.peers.ohif import CHROMIUM_BIN, NODE_MODULES, REPO, run_browser_script
 
 SCRIPT = Path(__file__).parent / "browser" / "worklist_check.js"
 ARTIFACTS = REPO / "artifacts" / "worklist"
@@ -29,7 +29,7 @@ VIEWER_TEMPLATE = "http://viewer.example:3000/viewer?StudyInstanceUIDs={study_ui
 
 def test_worklist_page_in_chromium(tmp_path: Path) -> None:
     # No skip: CI installs these (scripts/install-peers.sh); a missing browser is a failure to see.
-    assert not missing_browser_parts(), missing_browser_parts()
+    assert (NODE_MODULES / "playwright-core").is_dir() and Path(CHROMIUM_BIN).exists(), "run scripts/install-peers.sh"
     http = {
         # Health and metrics closed even on loopback here: they need credentials like the API.
         "auth": {"mode": "basic", "credentials": [OPERATOR_BASIC, SENDER], "open_health_on_loopback": False},
