@@ -125,3 +125,13 @@ def test_dead_worker_is_replaced(tmp_path: Path) -> None:
         line = next(ln for ln in node.log_text().splitlines() if '"worker_started"' in ln)
         os.kill(json.loads(line)["pid"], signal.SIGKILL)
         wait_until(lambda: node.log_text().count('"worker_started"') >= 2, 30, "a replacement worker")
+
+
+def test_config_survives_the_trip_to_a_worker_process() -> None:
+    """Workers get the config as JSON: aliased keys (`not`, `continue`) must come back as they went."""
+    from node.config import NodeConfig, default_routes
+
+    config = NodeConfig()
+    assert config.routes == default_routes()
+    again = NodeConfig.model_validate(config.model_dump(mode="json", by_alias=True))
+    assert again.routes == config.routes

@@ -57,7 +57,8 @@ class WorkerSupervisor:
         worker_id = f"{self.boot_id}-w{uuid.uuid4().hex[:6]}"
         proc = self._ctx.Process(
             target=worker_process_main,
-            args=(self.config.model_dump(mode="json"), worker_id),
+            # by_alias: route keys such as `not` and `continue` are aliases of Python-safe field names.
+            args=(self.config.model_dump(mode="json", by_alias=True), worker_id),
             name=f"ainode-worker-{worker_id}",
             daemon=True,
         )

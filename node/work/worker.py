@@ -116,20 +116,21 @@ class Worker:
         by_uid = {s.sop_instance_uid for s in volume.slices}
         rows = self.db.query("SELECT sop_instance_uid, path FROM instances WHERE series_uid = ?", (job.series_uid,))
         sources = [pydicom.dcmread(r["path"]) for r in rows if r["sop_instance_uid"] in by_uid]
-        # Same seed for every attempt of this series generation: a re-run after a crash produces
-        # the same SOP Instance UIDs, so the PACS never holds two copies.
-        seed = f"{job.series_uid}/{job.generation}/{job.pipeline}"
+        # Same seed for every attempt of this job: a job taken again after a crash produces the same
+        # SOP Instance UIDs, so the PACS never holds two copies. A new job (late instances, an
+        # operator's re-run) makes new objects, which say what they supersede.
+        seed = f"{job.series_uid}/{job.generation}/{job.pipeline}/{job.id}"
         datasets = encode_results(result, volume, sources, uid_seed=seed, previous_reports=self._earlier_reports(job))
         out_dir = self.spool.results_root / str(job.id)
         paths = write_results(datasets, out_dir)
         return [(str(ds.SOPInstanceUID), str(ds.Modality), p) for ds, p in zip(datasets, paths, strict=True)]
 
     def _earlier_reports(self, job: Job) -> list[pydicom.Dataset]:
-        """SRs of earlier generations of this series: the new results supersede them."""
+        """SRs of earlier jobs of this series and pipeline: the new results supersede them."""
         rows = self.db.query(
             """SELECT r.path FROM results r JOIN jobs j ON j.id = r.job_id
-               WHERE j.series_uid = ? AND j.pipeline = ? AND j.generation < ? AND r.kind = 'SR'""",
-            (job.series_uid, job.pipeline, job.generation),
+               WHERE j.series_uid = ? AND j.pipeline = ? AND j.id < ? AND r.kind = 'SR'""",
+            (job.series_uid, job.pipeline, job.id),
         )
         return [pydicom.dcmread(r["path"]) for r in rows if Path(r["path"]).exists()]
 
