@@ -233,6 +233,16 @@ class NodeConfig(_Model):
                 "destinations": {name: {} for name in self.destinations},
             }
         )
+        from node.route.rules import unindexed_keywords
+        from node.store.ingest import ROUTING_KEYWORDS
+
+        # The running node evaluates rules on the tags its index keeps per series: a rule on any
+        # other keyword would silently never match, so it is refused here.
+        for route_name, keywords in unindexed_keywords(self.routes, ROUTING_KEYWORDS).items():
+            raise ValueError(
+                f"route {route_name!r} tests {', '.join(keywords)}, which the node does not index; "
+                f"routable tags: {', '.join(ROUTING_KEYWORDS)}"
+            )
         known = set(pipeline_names())
         for route in self.routes:
             unknown = [p for p in route.pipelines if p not in known]

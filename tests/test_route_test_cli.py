@@ -100,11 +100,11 @@ def test_route_test_reports_a_bad_config(tmp_path: Path) -> None:
     assert "route 'thin-chest-ct': invalid regex '(unclosed'" in result.stderr
 
     unindexed = tmp_path / "unindexed.yaml"
-    unindexed.write_text(CONFIG.replace("tag: SliceThickness, range: {max: 3.0}", "tag: KVP, range: {max: 120}"))
+    unindexed.write_text(CONFIG.replace("tag: SliceThickness, range: {max: 3.0}", "tag: AcquisitionNumber, range: {max: 120}"))
     warned = route_test(str(folder), "--config", str(unindexed))
     assert warned.returncode == 0
-    assert "route 'thin-chest-ct' tests ['KVP'], which the node's index does not keep" in warned.stderr
-    assert "KVP absent is not within" in warned.stdout  # evaluated as the running node would
+    assert "route 'thin-chest-ct' tests ['AcquisitionNumber'], which the node's index does not keep" in warned.stderr
+    assert "AcquisitionNumber absent is not within" in warned.stdout  # evaluated as the running node would
 
     missing = route_test(str(folder), "--config", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "not found" in missing.stderr

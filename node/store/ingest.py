@@ -57,6 +57,14 @@ ROUTING_KEYWORDS = (
     "ContrastBolusAgent",
     "SOPClassUID",
     "SeriesNumber",
+    "KVP",
+    "PatientPosition",
+    "StationName",
+    "InstitutionName",
+    "InstitutionalDepartmentName",
+    "ScanOptions",
+    "ReconstructionDiameter",
+    "NumberOfFrames",
 )
 
 StoreResult = Literal["new", "identical", "replaced"]
