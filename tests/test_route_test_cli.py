@@ -100,7 +100,9 @@ def test_route_test_reports_a_bad_config(tmp_path: Path) -> None:
     assert "route 'thin-chest-ct': invalid regex '(unclosed'" in result.stderr
 
     unindexed = tmp_path / "unindexed.yaml"
-    unindexed.write_text(CONFIG.replace("tag: SliceThickness, range: {max: 3.0}", "tag: AcquisitionNumber, range: {max: 120}"))
+    unindexed.write_text(
+        CONFIG.replace("tag: SliceThickness, range: {max: 3.0}", "tag: AcquisitionNumber, range: {max: 120}")
+    )
     warned = route_test(str(folder), "--config", str(unindexed))
     assert warned.returncode == 0
     assert "route 'thin-chest-ct' tests ['AcquisitionNumber'], which the node's index does not keep" in warned.stderr
