@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,14 +38,19 @@ def _send_concurrently(port: int, called: str, folders: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
-def _time_storescp(work: Path, folders: list[Path], repeat: int) -> list[float]:
+def _time_storescp(work: Path, folders: list[Path], repeat: int, bare_pynetdicom: bool = False) -> list[float]:
+    """DCMTK storescp, or (bare_pynetdicom) a pynetdicom SCP writing files without fsync or index."""
     times = []
     for i in range(repeat):
-        out = work / f"storescp-{len(folders)}-{i}"
+        out = work / f"{'bare' if bare_pynetdicom else 'storescp'}-{len(folders)}-{i}"
         out.mkdir()
         port = free_port()
-        scp = subprocess.Popen([STORESCP, "-aet", "STORESCP", "-od", str(out), str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env())  # fmt: skip
+        command = (
+            [sys.executable, "-m", "benchmarks.bare_pynetdicom_scp", str(port), str(out)]
+            if bare_pynetdicom
+            else [STORESCP, "-aet", "STORESCP", "-od", str(out), str(port)]
+        )
+        scp = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env())
         wait_until(lambda p=port: port_open(p), 10, "storescp")
         try:
             times.append(_send_concurrently(port, "STORESCP", folders))
@@ -86,12 +92,14 @@ def main() -> None:
         for senders in (1, 4):
             chosen = folders[:senders]
             scp = min(_time_storescp(work, chosen, args.repeat))
+            bare = min(_time_storescp(work, chosen, args.repeat, bare_pynetdicom=True))
             node = min(_time_node(work, chosen, args.repeat))
             images = args.slices * senders
             results[senders] = (scp, node, images)
             print(
-                f"{senders} sender(s): storescp {scp:.2f} s ({images / scp:.0f} img/s) | node {node:.2f} s "
-                f"({images / node:.0f} img/s) | node/storescp wall-time ratio {node / scp:.2f}"
+                f"{senders} sender(s): storescp {scp:.2f} s ({images / scp:.0f} img/s) | bare pynetdicom "
+                f"{bare:.2f} s ({bare / scp:.2f}x storescp) | node {node:.2f} s ({images / node:.0f} img/s) | "
+                f"node/storescp wall-time ratio {node / scp:.2f}"
             )
         one, four = results[1], results[4]
         gain = (four[2] / four[1]) / (one[2] / one[1])
