@@ -12,6 +12,7 @@ _COMMAND_MODULES = [
     "node.cli.serve_cmd",
     "node.cli.dicom_cmd",
     "node.cli.status_cmd",
+    "node.cli.ai_cmd",
 ]
 
 
