@@ -25,8 +25,12 @@ def register(subparsers: Any) -> None:
     train.add_argument("train_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.train")
     train.set_defaults(func=_train)
 
-    evaluate = subparsers.add_parser("evaluate", help="FROC/CPM, Dice, AUC, confusion on held-out + real data")
-    evaluate.add_argument("evaluate_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.evaluate")
+    evaluate = subparsers.add_parser(
+        "evaluate", help="FROC/CPM, Dice, AUC, confusion on held-out + real data"
+    )
+    evaluate.add_argument(
+        "evaluate_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.evaluate"
+    )
     evaluate.set_defaults(func=_evaluate)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import numpy.typing as npt
 from scipy.spatial import ConvexHull, QhullError
@@ -15,10 +17,8 @@ def axes_mm(mask2d: npt.NDArray[np.bool_], row_spacing: float, col_spacing: floa
     # Pixel corners, so that a single pixel measures one pixel across.
     corners = np.concatenate([pts + d for d in ([-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5])])
     mm = corners * np.array([row_spacing, col_spacing])
-    try:
+    with contextlib.suppress(QhullError):  # collinear points (one row of pixels): keep all corners
         mm = mm[ConvexHull(mm).vertices]
-    except QhullError:
-        pass
     diffs = mm[:, None, :] - mm[None, :, :]
     dist = np.sqrt((diffs**2).sum(-1))
     i, j = np.unravel_index(int(np.argmax(dist)), dist.shape)
@@ -29,7 +29,9 @@ def axes_mm(mask2d: npt.NDArray[np.bool_], row_spacing: float, col_spacing: floa
     return long_axis, float(proj.max() - proj.min())
 
 
-def largest_slice_axes(mask: npt.NDArray[np.bool_], spacing: tuple[float, float, float]) -> tuple[float, float]:
+def largest_slice_axes(
+    mask: npt.NDArray[np.bool_], spacing: tuple[float, float, float]
+) -> tuple[float, float]:
     areas = mask.sum(axis=(1, 2))
     k = int(np.argmax(areas))
     return axes_mm(mask[k], spacing[1], spacing[2])

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks.nets import UNet
 from monai.networks.nets.resnet import ResNet
+from monai.networks.nets.unet import UNet
 
 # Small on purpose: the shipped weights stay a few MB and a chest runs in seconds on 2 CPU threads.
 SEGMENTER_CHANNELS = (8, 16, 32, 64)
@@ -55,7 +55,9 @@ class ModelBundle:
     sha256: str = ""
 
 
-def save_bundle(path: Path, segmenter: torch.nn.Module, classifier: torch.nn.Module, metadata: dict[str, Any]) -> str:
+def save_bundle(
+    path: Path, segmenter: torch.nn.Module, classifier: torch.nn.Module, metadata: dict[str, Any]
+) -> str:
     """Write the bundle (half-precision weights keep it small) and return its SHA-256."""
     buffer = io.BytesIO()
     torch.save(
@@ -81,7 +83,9 @@ def load_bundle(path: Path, device: torch.device) -> ModelBundle:
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     segmenter = build_segmenter()
     classifier = build_classifier()
-    segmenter.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["segmenter"].items()})
+    segmenter.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in payload["segmenter"].items()}
+    )
     classifier.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in payload["classifier"].items()}
     )

