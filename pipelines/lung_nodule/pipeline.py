@@ -7,6 +7,7 @@ malignancy + Grad-CAM from the 3D ResNet on a nodule-centred patch (candidates b
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from pipelines.lung_nodule.models import ModelBundle, load_bundle, select_device
 from pipelines.lung_nodule.preprocessing import WorkingGrid, bounding_box, lung_mask, to_working_grid, window
 
 PIPELINE_NAME = "lung-nodule"
+DETECTION_THRESHOLD_ENV = "AINODE_LUNG_NODULE_DETECTION_THRESHOLD"
 
 
 class LungNodulePipeline:
@@ -60,6 +62,10 @@ class LungNodulePipeline:
             weights_sha256=self.bundle.sha256,
         )
         # Operating point chosen for recall on validation data (stored with the weights); overridable.
+        # Precedence: argument, environment (the node's workers), the bundle's stored value.
+        env = os.environ.get(DETECTION_THRESHOLD_ENV)
+        if detection_threshold is None and env:
+            detection_threshold = float(env)
         self.detection_threshold = float(
             detection_threshold
             if detection_threshold is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -143,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     metadata = {
         "name": MODEL_NAME,
         "version": MODEL_VERSION,
-        "command": "python -m pipelines.lung_nodule.train " + " ".join(argv if argv is not None else []),
+        "command": " ".join(
+            ["python -m pipelines.lung_nodule.train", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "iterations": args.iterations,
         "batch": args.batch,
         "seed": args.seed,
