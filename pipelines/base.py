@@ -65,13 +65,15 @@ class VolumeGeometry:
     def voxel_to_patient(self, zyx: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Voxel index/indices (..., 3) in (z, y, x) order to patient mm (..., 3)."""
         pts = np.asarray(zyx, dtype=np.float64)
-        return pts @ self.affine()[:3, :3].T + self.affine()[:3, 3]
+        result: npt.NDArray[np.float64] = pts @ self.affine()[:3, :3].T + self.affine()[:3, 3]
+        return result
 
     def patient_to_voxel(self, xyz: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Patient mm (..., 3) to fractional voxel indices (..., 3) in (z, y, x) order."""
         pts = np.asarray(xyz, dtype=np.float64)
         inv = np.linalg.inv(self.affine())
-        return pts @ inv[:3, :3].T + inv[:3, 3]
+        result: npt.NDArray[np.float64] = pts @ inv[:3, :3].T + inv[:3, 3]
+        return result
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,7 @@ class CTVolume:
         if self.hu.ndim != 3:
             raise ValueError(f"volume must be 3D (z, y, x), got shape {self.hu.shape}")
         if len(self.slices) != self.hu.shape[0]:
-            raise ValueError(
-                f"{len(self.slices)} source slices for a volume of {self.hu.shape[0]} slices"
-            )
+            raise ValueError(f"{len(self.slices)} source slices for a volume of {self.hu.shape[0]} slices")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -119,7 +119,7 @@ class CTVolume:
         return (z, y, x)
 
 
-class NoduleCategory(str, enum.Enum):
+class NoduleCategory(enum.StrEnum):
     SOLID = "solid"
     PART_SOLID = "part-solid"
     GROUND_GLASS = "ground-glass"
@@ -175,6 +175,9 @@ class Finding:
     gradcam: npt.NDArray[np.float32] | None  # shape == box.shape, values in [0, 1]
     category: NoduleCategory | None = None
     lobe: str | None = None  # e.g. "right upper lobe" when known
+    # Optional per-voxel nodule probability in [0, 1] (shape == box.shape); lets node/encode write a
+    # FRACTIONAL SEG when asked. Added for the encoder; pipelines that have no map leave it None.
+    probability_map: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         if self.mask.shape != self.box.shape:
@@ -183,6 +186,10 @@ class Finding:
             raise ValueError(f"finding {self.number} has an empty mask")
         if self.gradcam is not None and self.gradcam.shape != self.box.shape:
             raise ValueError(f"Grad-CAM shape {self.gradcam.shape} != box shape {self.box.shape}")
+        if self.probability_map is not None and self.probability_map.shape != self.box.shape:
+            raise ValueError(
+                f"probability map shape {self.probability_map.shape} != box shape {self.box.shape}"
+            )
         if not 0.0 <= self.malignancy_probability <= 1.0:
             raise ValueError(f"malignancy probability {self.malignancy_probability} outside [0, 1]")
 
@@ -209,7 +216,7 @@ class Finding:
         }
 
 
-class ResultStatus(str, enum.Enum):
+class ResultStatus(enum.StrEnum):
     COMPLETED = "completed"
     NOT_APPLICABLE = "not_applicable"
 

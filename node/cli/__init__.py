@@ -12,6 +12,10 @@ _COMMAND_MODULES = [
     "node.cli.serve_cmd",
     "node.cli.dicom_cmd",
     "node.cli.status_cmd",
+    "node.cli.route_cmd",
+    "node.cli.delivery_cmd",
+    "node.cli.demo_cmd",
+    "node.cli.process_cmd",
     "node.cli.ai_cmd",
 ]
 

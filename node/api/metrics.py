@@ -1,0 +1,129 @@
+"""Index-derived metrics, read at scrape time by a custom collector on ``node.metrics.REGISTRY``.
+
+Jobs run in worker processes and deliveries change in the outbox thread: counting them from the
+index (rather than from in-process counters) keeps the numbers right across processes and restarts.
+The job duration histogram is built the same way, from ``started_at``/``finished_at`` of finished
+jobs, labelled by pipeline and outcome; it only grows as jobs finish, as a histogram must.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from node import metrics
+from node.store.db import Database, now
+
+log = structlog.get_logger(__name__)
+
+JOB_STATES = ("queued", "running", "done", "failed", "superseded")
+DELIVERY_STATES = ("pending", "sending", "sent", "retry", "dead")
+SERIES_STATES = ("receiving", "complete")
+JOB_DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+stow_requests = Counter(
+    "ainode_stow_requests_total",
+    "STOW-RS requests by HTTP status",
+    ["status"],
+    registry=metrics.REGISTRY,
+)
+
+
+class IndexCollector(Collector):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def describe(self) -> list[Metric]:
+        # Declared names let the registry refuse a clash at registration, without a scrape.
+        return [
+            GaugeMetricFamily("ainode_jobs", "Jobs in the index by state", labels=["state"]),
+            GaugeMetricFamily("ainode_deliveries", "Deliveries in the index by state", labels=["state"]),
+            GaugeMetricFamily("ainode_series", "Series in the index by completeness state", labels=["state"]),
+            GaugeMetricFamily("ainode_studies", "Studies in the index"),
+            GaugeMetricFamily("ainode_job_queue_depth", "Jobs waiting for a worker"),
+            GaugeMetricFamily("ainode_delivery_queue_depth", "Deliveries waiting to be sent (pending or retry)"),
+            GaugeMetricFamily("ainode_oldest_queued_job_age_seconds", "Age of the oldest queued job (0: none)"),
+            HistogramMetricFamily(
+                "ainode_job_duration_seconds", "Wall time of finished jobs", labels=["pipeline", "outcome"]
+            ),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            yield from self._collect()
+        except Exception:  # a locked or missing index must not break the scrape of the other metrics
+            log.exception("metrics_index_read_failed")
+
+    def _collect(self) -> Iterator[Metric]:
+        q = self.db.query
+        jobs = {r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+        g = GaugeMetricFamily("ainode_jobs", "Jobs in the index by state", labels=["state"])
+        for state in JOB_STATES:
+            g.add_metric([state], jobs.get(state, 0))
+        yield g
+        deliveries = {r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")}
+        g = GaugeMetricFamily("ainode_deliveries", "Deliveries in the index by state", labels=["state"])
+        for state in DELIVERY_STATES:
+            g.add_metric([state], deliveries.get(state, 0))
+        yield g
+        series = {r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM series GROUP BY state")}
+        g = GaugeMetricFamily("ainode_series", "Series in the index by completeness state", labels=["state"])
+        for state in SERIES_STATES:
+            g.add_metric([state], series.get(state, 0))
+        yield g
+        yield GaugeMetricFamily(
+            "ainode_studies", "Studies in the index", value=q("SELECT COUNT(*) AS n FROM studies")[0]["n"]
+        )
+        yield GaugeMetricFamily("ainode_job_queue_depth", "Jobs waiting for a worker", value=jobs.get("queued", 0))
+        yield GaugeMetricFamily(
+            "ainode_delivery_queue_depth",
+            "Deliveries waiting to be sent (pending or retry)",
+            value=deliveries.get("pending", 0) + deliveries.get("retry", 0),
+        )
+        oldest = q("SELECT MIN(created_at) AS t FROM jobs WHERE state = 'queued'")[0]["t"]
+        age = 0.0 if oldest is None else max(0.0, now() - float(oldest))
+        yield GaugeMetricFamily(
+            "ainode_oldest_queued_job_age_seconds", "Age of the oldest queued job (0: none)", value=age
+        )
+        yield self._durations()
+
+    def _durations(self) -> HistogramMetricFamily:
+        bucket_sql = ", ".join(
+            f"SUM(CASE WHEN d <= {b!r} THEN 1 ELSE 0 END) AS b{i}" for i, b in enumerate(JOB_DURATION_BUCKETS)
+        )
+        rows = self.db.query(
+            f"""SELECT pipeline, outcome, COUNT(*) AS n, SUM(d) AS total, {bucket_sql}
+                FROM (SELECT pipeline, CASE WHEN state = 'failed' THEN 'failed' ELSE 'done' END AS outcome,
+                             MAX(finished_at - started_at, 0) AS d
+                      FROM jobs WHERE finished_at IS NOT NULL AND started_at IS NOT NULL)
+                GROUP BY pipeline, outcome"""
+        )
+        h = HistogramMetricFamily(
+            "ainode_job_duration_seconds", "Wall time of finished jobs", labels=["pipeline", "outcome"]
+        )
+        for r in rows:
+            buckets = [(_le(b), float(r[f"b{i}"])) for i, b in enumerate(JOB_DURATION_BUCKETS)]
+            buckets.append(("+Inf", float(r["n"])))
+            h.add_metric([r["pipeline"], r["outcome"]], buckets, float(r["total"] or 0.0))
+        return h
+
+
+def _le(bound: float) -> str:
+    return str(bound)
+
+
+_registered: IndexCollector | None = None
+
+
+def register_index_collector(db: Database, registry: CollectorRegistry = metrics.REGISTRY) -> IndexCollector:
+    """One index collector per process: a second app (tests) replaces the first."""
+    global _registered
+    if _registered is not None:
+        registry.unregister(_registered)
+    _registered = IndexCollector(db)
+    registry.register(_registered)
+    return _registered

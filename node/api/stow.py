@@ -1,0 +1,235 @@
+"""STOW-RS (PS3.18 §10.5): ``POST /dicom-web/studies`` with a multipart/related body of
+application/dicom parts, each stored through :meth:`InstanceStore.store_part10` — the same durable
+path as C-STORE (temp file, fsync, rename; then the index) — before the response is sent.
+
+Response (PS3.18 §10.5.3, application/dicom+json): 200 every instance stored; 202 some stored, the
+rest in FailedSOPSequence with a FailureReason; 409 none stored; 400 when the body itself is not a
+multipart/related message (nothing stored). The human-readable reason of each failure is in a
+``Warning: 299`` header (PS3.18 §8.8.4 style), since a DICOM JSON response has no free-text field.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+# pydicom-internal but stable (node/store/ingest.py reads File Meta the same way).
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+from node import metrics
+from node.dimse_status import StoreStatus
+from node.errors import InvalidDatasetError, InvalidIdentifierError, OutOfResourcesError
+from node.store.ingest import InstanceStore
+from node.uids import validate_uid
+
+log = structlog.get_logger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+SOURCE = "stowrs"
+# The files are durable before this wait; past it the answer goes out and the index catches up.
+INDEX_FLUSH_TIMEOUT_S = 30.0
+
+
+class StowError(Exception):
+    """The request as a whole cannot be read: nothing is stored. ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class FailureReason(enum.IntEnum):
+    """FailureReason (0008,1197) values used here (PS3.18 Table 10.5.3-2 / PS3.4 Annex B)."""
+
+    OUT_OF_RESOURCES = StoreStatus.OUT_OF_RESOURCES
+    CANNOT_UNDERSTAND = StoreStatus.CANNOT_UNDERSTAND
+    PROCESSING_FAILURE = StoreStatus.PROCESSING_FAILURE
+
+
+@dataclass(frozen=True)
+class PartOutcome:
+    index: int  # 1-based position of the part in the request
+    sop_class_uid: str
+    sop_instance_uid: str
+    failure: FailureReason | None = None
+    reason: str = ""
+
+
+@dataclass
+class StowResult:
+    outcomes: list[PartOutcome] = field(default_factory=list)
+
+    @property
+    def stored(self) -> list[PartOutcome]:
+        return [o for o in self.outcomes if o.failure is None]
+
+    @property
+    def failed(self) -> list[PartOutcome]:
+        return [o for o in self.outcomes if o.failure is not None]
+
+    def http_status(self) -> int:
+        if not self.failed:
+            return 200
+        return 202 if self.stored else 409
+
+    def dicom_json(self) -> dict[str, Any]:
+        def item(o: PartOutcome) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            if o.sop_class_uid:
+                out["00081150"] = {"vr": "UI", "Value": [o.sop_class_uid]}
+            if o.sop_instance_uid:
+                out["00081155"] = {"vr": "UI", "Value": [o.sop_instance_uid]}
+            if o.failure is not None:
+                out["00081197"] = {"vr": "US", "Value": [int(o.failure)]}
+            return out
+
+        body: dict[str, Any] = {}
+        if self.stored:
+            body["00081199"] = {"vr": "SQ", "Value": [item(o) for o in self.stored]}
+        if self.failed:
+            body["00081198"] = {"vr": "SQ", "Value": [item(o) for o in self.failed]}
+        return body
+
+    def warnings(self) -> list[str]:
+        return [warning_header(f"part {o.index}: {o.reason}") for o in self.failed]
+
+
+def warning_header(text: str) -> str:
+    # RFC 7234 warn-text is a quoted-string of latin-1 text: keep it printable ASCII and short.
+    clean = re.sub(r"[^\x20-\x7e]", "?", text).replace("\\", "/").replace('"', "'")[:300]
+    return f'299 ainode "{clean}"'
+
+
+# --- multipart/related ----------------------------------------------------------------------------------
+_PARAM = re.compile(r';\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
+
+
+def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    media, _, rest = value.partition(";")
+    params = {k.lower(): v[1:-1] if v.startswith('"') else v for k, v in _PARAM.findall(";" + rest)}
+    return media.strip().lower(), params
+
+
+def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart/related body as (headers with lower-case names, content)."""
+    media, params = parse_content_type(content_type)
+    if media != "multipart/related":
+        raise StowError(415, f"Content-Type must be multipart/related, not {media or 'missing'}")
+    declared_type = params.get("type", "application/dicom").lower()
+    if declared_type != "application/dicom":
+        raise StowError(415, f"only type=application/dicom parts are supported, not {declared_type}")
+    boundary = params.get("boundary", "")
+    if not boundary or len(boundary) > 200:
+        raise StowError(400, "multipart/related Content-Type has no valid boundary parameter")
+    delimiter = b"--" + boundary.encode("latin-1")
+    # The first delimiter may open the body or follow a preamble line.
+    if body.startswith(delimiter):
+        pos = 0
+    else:
+        pos = body.find(b"\r\n" + delimiter)
+        if pos < 0:
+            raise StowError(400, "body does not contain the multipart boundary")
+        pos += 2
+    parts: list[tuple[dict[str, str], bytes]] = []
+    while True:
+        pos += len(delimiter)
+        if body[pos : pos + 2] == b"--":
+            break  # close delimiter
+        line_end = body.find(b"\r\n", pos)
+        if line_end < 0:
+            raise StowError(400, f"multipart body ends inside part {len(parts) + 1} (no closing boundary)")
+        header_end = body.find(b"\r\n\r\n", line_end)
+        if header_end == line_end:  # no headers at all: the blank line follows the delimiter line
+            headers_raw = b""
+        elif header_end < 0:
+            raise StowError(400, f"part {len(parts) + 1} has no end of headers")
+        else:
+            headers_raw = body[line_end + 2 : header_end]
+        content_start = header_end + 4
+        next_delim = body.find(b"\r\n" + delimiter, content_start)
+        if next_delim < 0:
+            raise StowError(400, f"multipart body ends inside part {len(parts) + 1} (no closing boundary)")
+        headers: dict[str, str] = {}
+        for line in headers_raw.split(b"\r\n"):
+            name, sep, value = line.decode("latin-1").partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        parts.append((headers, body[content_start:next_delim]))
+        pos = next_delim + 2
+    if not parts:
+        raise StowError(400, "multipart body has no parts")
+    return parts
+
+
+# --- storing -----------------------------------------------------------------------------------------
+def store_parts(
+    store: InstanceStore, parts: list[tuple[dict[str, str], bytes]], *, calling_ae: str, called_ae: str
+) -> StowResult:
+    """Store every part (blocking: each returns once durable and indexed)."""
+    result = StowResult()
+    for index, (headers, content) in enumerate(parts, start=1):
+        part_type, _ = parse_content_type(headers.get("content-type", "application/dicom"))
+        if part_type != "application/dicom":
+            result.outcomes.append(
+                _failed(
+                    index, FailureReason.CANNOT_UNDERSTAND, f"part Content-Type {part_type} is not application/dicom"
+                )
+            )
+            continue
+        try:
+            stored = store.store_part10(content, calling_ae=calling_ae, called_ae=called_ae)
+        except OutOfResourcesError as exc:
+            result.outcomes.append(
+                _failed(index, FailureReason.OUT_OF_RESOURCES, str(exc), "out_of_resources", content)
+            )
+        except (InvalidDatasetError, InvalidIdentifierError) as exc:
+            result.outcomes.append(_failed(index, FailureReason.CANNOT_UNDERSTAND, str(exc), "invalid", content))
+        except Exception as exc:  # one bad part must not lose the others
+            log.exception("stow_part_processing_failure", part=index)
+            result.outcomes.append(
+                _failed(
+                    index,
+                    FailureReason.PROCESSING_FAILURE,
+                    f"processing failure: {type(exc).__name__}",
+                    "processing_failure",
+                )
+            )
+        else:
+            metrics.instances_received.labels(source=SOURCE, result=stored.result).inc()
+            metrics.bytes_received.labels(source=SOURCE).inc(stored.size_bytes)
+            result.outcomes.append(PartOutcome(index, stored.sop_class_uid, stored.sop_instance_uid))
+    # store_part10 returns once the file is durable; its index rows are written by the store's
+    # indexer thread. The STOW-RS answer waits for them too, so a client that got 200 finds its
+    # instances in the API at once (as a DIMSE sender does after releasing its association).
+    if result.stored and not store.flush(timeout_s=INDEX_FLUSH_TIMEOUT_S):
+        log.warning("stow_index_lagging", stored=len(result.stored), timeout_s=INDEX_FLUSH_TIMEOUT_S)
+    return result
+
+
+def _failed(
+    index: int, failure: FailureReason, reason: str, metric_reason: str = "invalid", content: bytes = b""
+) -> PartOutcome:
+    metrics.instances_rejected.labels(source=SOURCE, reason=metric_reason).inc()
+    sop_class, sop_instance = _announced_uids(content)
+    return PartOutcome(index, sop_class, sop_instance, failure, reason)
+
+
+def _announced_uids(content: bytes) -> tuple[str, str]:
+    """The SOP Class/Instance UIDs a failed part's File Meta announces, when readable and valid, so the
+    client can tell which instance failed; ("", "") otherwise."""
+    try:
+        stream = io.BytesIO(content)
+        read_preamble(stream, force=False)
+        meta = _read_file_meta_info(stream)
+        return (
+            validate_uid(meta.get("MediaStorageSOPClassUID"), "SOP Class UID"),
+            validate_uid(meta.get("MediaStorageSOPInstanceUID"), "SOP Instance UID"),
+        )
+    except Exception:  # anything unreadable simply has no UIDs to report
+        return "", ""

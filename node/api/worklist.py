@@ -1,0 +1,177 @@
+"""The worklist: one row per study, derived from the index (series, their current jobs, deliveries).
+
+A study's *current* jobs are, per (series, pipeline), the newest job of the series' current
+generation that was not superseded — so an operator re-run replaces the earlier result in the row.
+
+Status, by precedence: receiving (a series still arriving) > running > queued > failed (a current
+job failed or a delivery is dead) > done > not_routed (complete, but no rule chose a pipeline).
+Nodule count and highest malignancy probability come from the ``findings`` of the current done
+jobs of ``http.findings_pipelines``; a study none of those ran on has no count (shown as "—"),
+which is not the same as zero nodules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from node.config import HttpConfig
+from node.store.db import Database
+
+STATUSES = ("receiving", "running", "queued", "failed", "done", "not_routed")
+
+
+@dataclass(frozen=True)
+class WorklistFilter:
+    status: str | None = None
+    flagged: bool | None = None
+    study_uid: str | None = None
+
+
+def _findings(summary_json: str | None) -> list[dict[str, Any]] | None:
+    if not summary_json:
+        return None
+    try:
+        summary = json.loads(summary_json)
+    except ValueError:
+        return None
+    if not isinstance(summary, dict) or summary.get("status") != "completed":
+        return None
+    findings = summary.get("findings")
+    return [f for f in findings if isinstance(f, dict)] if isinstance(findings, list) else []
+
+
+def _probability(finding: dict[str, Any]) -> float | None:
+    value = finding.get("malignancy_probability")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def build_worklist(db: Database, config: HttpConfig, flt: WorklistFilter | None = None) -> list[dict[str, Any]]:
+    """Every study, newest first, filtered. Reads the whole index once (fine for the tens of
+    thousands of studies a node holds; paging is applied after filtering by the caller)."""
+    flt = flt or WorklistFilter()
+    where, params = ("WHERE study_uid = ?", (flt.study_uid,)) if flt.study_uid else ("", ())
+    studies = db.query(f"SELECT * FROM studies {where} ORDER BY last_received_at DESC, study_uid", params)
+    series_by_study: dict[str, list[Any]] = defaultdict(list)
+    for s in db.query(
+        f"""SELECT series_uid, study_uid, modality, series_description, series_number, state, generation,
+                   instance_count, last_received_at, completed_at FROM series {where}""",
+        params,
+    ):
+        series_by_study[s["study_uid"]].append(s)
+    jobs_by_study: dict[str, list[Any]] = defaultdict(list)
+    job_where = "AND j.study_uid = ?" if flt.study_uid else ""
+    for j in db.query(
+        f"""SELECT j.id, j.series_uid, j.study_uid, j.pipeline, j.state, j.reason, j.created_at, j.started_at,
+                   j.finished_at, j.result_summary, j.attempts
+            FROM jobs j JOIN series s ON s.series_uid = j.series_uid AND s.generation = j.generation
+            WHERE j.id IN (SELECT MAX(id) FROM jobs WHERE state != 'superseded'
+                           GROUP BY series_uid, generation, pipeline)
+            {job_where} ORDER BY j.id""",
+        params,
+    ):
+        jobs_by_study[j["study_uid"]].append(j)
+    deliveries_by_study: dict[str, list[Any]] = defaultdict(list)
+    for d in db.query(
+        f"""SELECT d.id, d.state, d.destination, d.last_error, d.job_id, j.study_uid
+            FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE 1 {job_where}""",
+        params,
+    ):
+        deliveries_by_study[d["study_uid"]].append(d)
+
+    rows = []
+    for study in studies:
+        row = _study_row(
+            study,
+            series_by_study[study["study_uid"]],
+            jobs_by_study[study["study_uid"]],
+            deliveries_by_study[study["study_uid"]],
+            config,
+        )
+        if flt.status and row["status"] != flt.status:
+            continue
+        if flt.flagged is not None and row["flagged"] != flt.flagged:
+            continue
+        rows.append(row)
+    return rows
+
+
+def _study_row(
+    study: Any, series: list[Any], jobs: list[Any], deliveries: list[Any], config: HttpConfig
+) -> dict[str, Any]:
+    states = {j["state"] for j in jobs}
+    dead = [d for d in deliveries if d["state"] == "dead"]
+    if any(s["state"] == "receiving" for s in series):
+        status = "receiving"
+    elif "running" in states:
+        status = "running"
+    elif "queued" in states:
+        status = "queued"
+    elif "failed" in states or dead:
+        status = "failed"
+    elif "done" in states:
+        status = "done"
+    else:
+        status = "not_routed"
+
+    nodule_count: int | None = None
+    max_probability: float | None = None
+    for job in jobs:
+        if job["state"] != "done" or job["pipeline"] not in config.findings_pipelines:
+            continue
+        findings = _findings(job["result_summary"])
+        if findings is None:
+            continue
+        nodule_count = (nodule_count or 0) + len(findings)
+        for f in findings:
+            p = _probability(f)
+            if p is not None and (max_probability is None or p > max_probability):
+                max_probability = p
+    flagged = max_probability is not None and max_probability >= config.priority_threshold
+
+    finished = [j["finished_at"] for j in jobs if j["state"] in ("done", "failed") and j["finished_at"]]
+    last_received = max([s["last_received_at"] for s in series] or [study["last_received_at"]])
+    result_at = max(finished) if finished and status in ("done", "failed") else None
+    failures = [
+        {
+            "kind": "job",
+            "job_id": j["id"],
+            "pipeline": j["pipeline"],
+            "series_uid": j["series_uid"],
+            "reason": j["reason"] or "",
+        }
+        for j in jobs
+        if j["state"] == "failed"
+    ] + [
+        {"kind": "delivery", "delivery_id": d["id"], "destination": d["destination"], "reason": d["last_error"] or ""}
+        for d in dead
+    ]
+    row: dict[str, Any] = {
+        "study_uid": study["study_uid"],
+        "study_date": study["study_date"] or "",
+        "study_description": study["study_description"] or "",
+        "first_received_at": study["first_received_at"],
+        "last_received_at": last_received,
+        "status": status,
+        "series_count": len(series),
+        "instance_count": sum(s["instance_count"] for s in series),
+        "modalities": sorted({s["modality"] for s in series if s["modality"]}),
+        "pipelines": sorted({j["pipeline"] for j in jobs}),
+        "jobs_by_state": {st: sum(1 for j in jobs if j["state"] == st) for st in sorted(states)},
+        "nodule_count": nodule_count,
+        "max_malignancy_probability": None if max_probability is None else round(max_probability, 4),
+        "flagged": flagged,
+        "result_at": result_at,
+        "time_to_result_s": None if result_at is None else round(max(0.0, result_at - last_received), 1),
+        "failures": failures,
+        "deliveries_by_state": {
+            st: sum(1 for d in deliveries if d["state"] == st) for st in sorted({d["state"] for d in deliveries})
+        },
+        "viewer_url": config.viewer_url_template.format(study_uid=study["study_uid"]),
+    }
+    if config.show_patient_identity:
+        row["patient_name"] = study["patient_name"] or ""
+        row["patient_id"] = study["patient_id"] or ""
+    return row

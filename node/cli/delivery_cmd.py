@@ -1,0 +1,71 @@
+"""`ainode deliveries` and `ainode retry ID`: the outbox, for operators (works while the node runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from node.cli.serve_cmd import add_config_arguments, open_index
+from node.errors import ConfigError
+
+
+def _deliveries(args: argparse.Namespace) -> int:
+    try:
+        db = open_index(args)
+    except ConfigError as exc:
+        print(f"ainode: {exc}", file=sys.stderr)
+        return 2
+    where, params = ("WHERE d.state = ?", (args.state,)) if args.state else ("", ())
+    rows = [
+        dict(r)
+        for r in db.query(
+            f"""SELECT d.id, d.job_id, d.destination, d.state, d.attempts, d.last_error, r.kind,
+                       d.result_sop_instance_uid
+                FROM deliveries d JOIN results r ON r.sop_instance_uid = d.result_sop_instance_uid
+                {where} ORDER BY d.id DESC LIMIT ?""",
+            (*params, args.limit),
+        )
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no deliveries")
+    for r in rows:
+        error = f"  {r['last_error']}" if r["last_error"] else ""
+        print(
+            f"{r['id']:6}  job {r['job_id']:<5} {r['kind']:4} -> {r['destination']:12} {r['state']:8} "
+            f"attempts {r['attempts']}{error}"
+        )
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from node.export.outbox import retry_delivery
+
+    try:
+        db = open_index(args)
+    except ConfigError as exc:
+        print(f"ainode: {exc}", file=sys.stderr)
+        return 2
+    failed = [i for i in args.ids if not retry_delivery(db, i)]
+    for i in args.ids:
+        if i not in failed:
+            print(f"delivery {i}: queued again")
+    for i in failed:
+        print(f"ainode: delivery {i} does not exist or is not dead/retrying", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = sub.add_parser("deliveries", help="list result deliveries (outbox) with their state and last error")
+    add_config_arguments(d)
+    d.add_argument("--state", choices=["pending", "sending", "sent", "retry", "dead"])
+    d.add_argument("--limit", type=int, default=100)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=_deliveries)
+    r = sub.add_parser("retry", help="send dead or waiting deliveries again now")
+    add_config_arguments(r)
+    r.add_argument("ids", type=int, nargs="+", metavar="ID")
+    r.set_defaults(func=_retry)

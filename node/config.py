@@ -1,0 +1,290 @@
+"""Node configuration: pydantic models loaded from YAML and checked at start-up.
+
+Every default lives here, once. A bad file stops the node with the field and the reason
+(``ConfigError``), never with a traceback from deep inside a stage.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from node.errors import ConfigError
+from node.export.backoff import RetryPolicy
+from node.export.destinations import DestinationConfig, DestinationName
+from node.route.rules import Route
+
+# DICOM PS3.5 AE VR: 1-16 characters of the default repertoire, no backslash or control
+# characters; leading/trailing spaces are not significant and an all-space title is invalid.
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def validate_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(value) or len(value) > 16:
+        raise ValueError(
+            f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash, not blank)"
+        )
+    return stripped
+
+
+def validate_ip_address(value: str) -> str:
+    ipaddress.ip_address(value)  # raises ValueError with a clear message
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AllowedCaller(_Model):
+    """A peer allowed to open associations: its calling AE title and, optionally, its host."""
+
+    ae_title: str
+    host: str | None = Field(default=None, description="IP address the peer must connect from")
+
+    _check_aet = field_validator("ae_title")(validate_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)  # raises ValueError with a clear message
+        return value
+
+
+class DicomConfig(_Model):
+    ae_title: str = "AINODE"
+    bind_address: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    allowed_callers: list[AllowedCaller] = Field(default_factory=list)
+    # When true, any calling AE may store (lab use only); the allow-list is then ignored.
+    accept_any_caller: bool = False
+    max_associations: int = Field(default=8, ge=1, le=256)
+    # 0 = unlimited; large PDUs cut the per-PDU overhead of the Python SCP substantially.
+    max_pdu_bytes: int = Field(default=0, ge=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+
+    _check_aet = field_validator("ae_title")(validate_ae_title)
+
+    _check_bind = field_validator("bind_address")(validate_ip_address)
+
+
+class StorageConfig(_Model):
+    data_dir: Path = Path("./ainode-data")
+    # Below this much free disk, new instances are refused with Out of Resources (0xA700).
+    min_free_disk_mb: int = Field(default=1024, ge=0)
+
+
+class CompletenessConfig(_Model):
+    # A series with no new instance for this long is complete, whatever its geometry.
+    quiet_period_s: float = Field(default=30.0, gt=0)
+    # A series whose slice positions form one gap-free evenly spaced run is complete after this.
+    settle_s: float = Field(default=3.0, ge=0)
+    check_interval_s: float = Field(default=1.0, gt=0)
+    # Relative tolerance on slice spacing when judging "evenly spaced".
+    spacing_tolerance: float = Field(default=0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _settle_before_quiet(self) -> CompletenessConfig:
+        if self.settle_s > self.quiet_period_s:
+            raise ValueError("settle_s must not exceed quiet_period_s")
+        return self
+
+
+class WorkerConfig(_Model):
+    processes: int = Field(default=1, ge=0, le=32)  # 0: no workers (receive-only node)
+    job_timeout_s: float = Field(default=900.0, gt=0)
+    lease_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=2, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(default=0, ge=0)  # 0: let torch decide
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+
+
+class DeliveryConfig(_Model):
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    check_interval_s: float = Field(default=1.0, gt=0)
+    # Files handed to one destination in one go (one association / one STOW-RS request).
+    batch_size: int = Field(default=64, ge=1, le=1000)
+
+
+# --- HTTP operations surface (node/api) ---------------------------------------------------------------
+class HttpCredential(_Model):
+    """One credential of the HTTP API: a bearer token (auth.mode token) or a user's password (basic)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    secret: SecretStr
+    # viewer: read the API and the worklist; operator: also re-run studies, retry deliveries and
+    # upload over STOW-RS; sender: STOW-RS only (a PACS or modality pushing studies).
+    role: Literal["viewer", "operator", "sender"] = "viewer"
+    # Calling AE recorded for instances this credential stores over STOW-RS (routing rules see it),
+    # the HTTP counterpart of the DICOM allow-list; default http.stow_calling_ae.
+    ae_title: str | None = None
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 8:
+            raise ValueError("secret must be at least 8 characters")
+        return value
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_aet(cls, value: str | None) -> str | None:
+        return None if value is None else validate_ae_title(value)
+
+
+class HttpAuthConfig(_Model):
+    mode: Literal["token", "basic"] = "token"
+    credentials: list[HttpCredential] = Field(default_factory=list)
+    # /healthz, /readyz and /metrics answer requests from 127.0.0.1/::1 without credentials.
+    open_health_on_loopback: bool = True
+
+    @model_validator(mode="after")
+    def _unique(self) -> HttpAuthConfig:
+        names = [c.name for c in self.credentials]
+        if len(names) != len(set(names)):
+            raise ValueError("credential names must be unique")
+        # Unique secrets are checked by node/api/auth.py: worker processes receive this config
+        # dumped as JSON, where every SecretStr reads "**********".
+        return self
+
+
+class HttpConfig(_Model):
+    enabled: bool = False
+    bind_address: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)  # 0: an ephemeral port (tests)
+    auth: HttpAuthConfig = Field(default_factory=HttpAuthConfig)
+    # Patient name and ID on the worklist page and in the JSON API; never in logs either way.
+    show_patient_identity: bool = False
+    # A study whose highest malignancy probability reaches this is flagged as priority.
+    priority_threshold: float = Field(default=0.5, ge=0, le=1)
+    # Pipelines whose findings are nodules (the worklist counts them); others report measurements.
+    findings_pipelines: list[str] = Field(default_factory=lambda: ["lung-nodule"])
+    viewer_url_template: str = "http://localhost:3000/viewer?StudyInstanceUIDs={study_uid}"
+    stow_calling_ae: str = "STOWRS"
+    refresh_interval_s: float = Field(default=15.0, ge=2)
+    # Largest STOW-RS request body accepted (bytes); the body is held in memory while it is stored.
+    max_stow_bytes: int = Field(default=2 * 1024**3, ge=1024)
+
+    _check_stow_aet = field_validator("stow_calling_ae")(validate_ae_title)
+
+    _check_bind = field_validator("bind_address")(validate_ip_address)
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        if "{study_uid}" not in value:
+            raise ValueError("viewer_url_template must contain {study_uid}")
+        try:
+            value.format(study_uid="1.2.3")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"viewer_url_template: only {{study_uid}} may be substituted ({exc})") from None
+        return value
+
+
+def default_routes() -> list[Route]:
+    """Without a `routes:` section: every CT series that is not a localizer goes to the lung-nodule
+    pipeline, and its results stay on the node (no destination)."""
+    return [
+        Route.model_validate(
+            {
+                "name": "ct-lung-nodule",
+                "when": {
+                    "all": [{"tag": "Modality", "equals": "CT"}, {"not": {"tag": "ImageType", "one_of": ["LOCALIZER"]}}]
+                },
+                "pipelines": ["lung-nodule"],
+            }
+        )
+    ]
+
+
+class NodeConfig(_Model):
+    dicom: DicomConfig = Field(default_factory=DicomConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    completeness: CompletenessConfig = Field(default_factory=CompletenessConfig)
+    workers: WorkerConfig = Field(default_factory=WorkerConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    destinations: dict[DestinationName, DestinationConfig] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=default_routes)
+
+    @model_validator(mode="after")
+    def _routes_consistent(self) -> NodeConfig:
+        from node.route.rules import RoutingSection
+        from pipelines.registry import pipeline_names
+
+        # Same checks as `ainode route-test`: unique names, one trailing fallback, known destinations.
+        RoutingSection.model_validate(
+            {
+                "routes": [r.model_dump(by_alias=True) for r in self.routes],
+                "destinations": {name: {} for name in self.destinations},
+            }
+        )
+        from node.route.rules import unindexed_keywords
+        from node.store.ingest import ROUTING_KEYWORDS
+
+        # The running node evaluates rules on the tags its index keeps per series: a rule on any
+        # other keyword would silently never match, so it is refused here.
+        for route_name, keywords in unindexed_keywords(self.routes, ROUTING_KEYWORDS).items():
+            raise ValueError(
+                f"route {route_name!r} tests {', '.join(keywords)}, which the node does not index; "
+                f"routable tags: {', '.join(ROUTING_KEYWORDS)}"
+            )
+        known = set(pipeline_names())
+        for route in self.routes:
+            unknown = [p for p in route.pipelines if p not in known]
+            if unknown:
+                raise ValueError(f"route {route.name!r} names unknown pipeline(s) {unknown}; known: {sorted(known)}")
+        return self
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> NodeConfig:
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+def load_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> NodeConfig:
+    """Load ``path`` (or the embedded defaults when None), apply CLI overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "embedded defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"configuration {path} must be a mapping at the top level")
+        data = loaded
+    for section, values in (overrides or {}).items():
+        merged = dict(data.get(section) or {})
+        merged.update({k: v for k, v in values.items() if v is not None})
+        data[section] = merged
+    return parse_config(data, source)

@@ -1,0 +1,90 @@
+"""structlog JSON logging with bound context, and the rule that patient identity never reaches a log.
+
+Call :func:`configure_logging` once per process. Stages get a logger with
+``structlog.get_logger(__name__).bind(series_uid=..., calling_ae=..., job_id=...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Keys that may hold patient identity. Dropped from every event as a last line of defence: the
+# code never binds them on purpose, but a future log call must not be able to leak them.
+PHI_KEYS = frozenset(
+    {
+        "patient_name",
+        "patientname",
+        "PatientName",
+        "patient_id",
+        "patientid",
+        "PatientID",
+        "patient_birth_date",
+        "birth_date",
+        "PatientBirthDate",
+        "accession_number",
+        "accession",
+        "AccessionNumber",
+        "OtherPatientIDs",
+        "OtherPatientNames",
+        "PatientAddress",
+    }
+)
+
+
+def _drop_phi(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        if key in PHI_KEYS:
+            event_dict[key] = "[redacted]"
+        else:
+            value = event_dict[key]
+            # A whole pydicom Dataset (which carries the patient module) is never logged.
+            if type(value).__name__ in ("Dataset", "FileDataset"):
+                event_dict[key] = "[dataset redacted]"
+    return event_dict
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_phi,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # Third-party libraries log through the stdlib: render them as JSON too.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    quiet_pynetdicom()
+
+
+def quiet_pynetdicom() -> None:
+    """pynetdicom logs request/response identifiers (patient data) unless told not to."""
+    from pynetdicom import _config as pynetdicom_config
+
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    # Its INFO lines are per-PDU chatter; warnings and errors still come through.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""Receiving: the DICOM storage SCP and the completeness detector."""

@@ -1,0 +1,228 @@
+"""The DICOM storage SCP (pynetdicom): C-ECHO, C-STORE of every storage SOP class, allow-list.
+
+The C-STORE handler takes the dataset bytes exactly as received (no decode/re-encode round
+trip) and hands them to :class:`InstanceStore`, which answers only once they are durable.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, cast
+
+import structlog
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node import metrics
+from node.config import DicomConfig
+from node.dimse_status import (
+    AssociateRejectReason,
+    AssociateRejectResult,
+    AssociateRejectSource,
+    EchoStatus,
+    StoreStatus,
+)
+from node.errors import InvalidDatasetError, InvalidIdentifierError, OutOfResourcesError
+from node.logging_setup import quiet_pynetdicom
+from node.receive import latency
+from node.store.ingest import InstanceStore
+
+log = structlog.get_logger(__name__)
+
+# Stored as received. pynetdicom accepts the first syntax of *this* list that the sender
+# proposes, so the order is the policy: lossless compressed first (a sender holding a JPEG-LS file
+# then sends it as is instead of decompressing it), then uncompressed, and lossy syntaxes last, so
+# that a sender holding uncompressed pixels is never invited to compress them lossily for us.
+ACCEPTED_TRANSFER_SYNTAXES = [
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    RLELossless,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+    JPEG2000,
+]
+
+
+def _failure(status: StoreStatus, comment: str) -> Dataset:
+    rsp = Dataset()
+    rsp.Status = int(status)
+    rsp.ErrorComment = comment[:64]  # LO: 64 characters
+    return rsp
+
+
+class StorageSCP:
+    def __init__(self, config: DicomConfig, store: InstanceStore) -> None:
+        quiet_pynetdicom()
+        latency.install()
+        self.config = config
+        self.store = store
+        self._server: ThreadedAssociationServer | None = None
+        self._allowed = {c.ae_title: c.host for c in config.allowed_callers}
+        ae = AE(ae_title=config.ae_title)
+        ae.maximum_associations = config.max_associations
+        ae.maximum_pdu_size = config.max_pdu_bytes
+        ae.network_timeout = config.network_timeout_s
+        ae.dimse_timeout = config.dimse_timeout_s
+        ae.acse_timeout = 30
+        ae.require_called_aet = True
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None  # every storage context names its SOP class
+            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        self.ae = ae
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, self._on_connection_open),
+            (evt.EVT_REQUESTED, self._on_association_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = self.ae.start_server(
+            (self.config.bind_address, self.config.port), block=False, evt_handlers=handlers
+        )
+        log.info(
+            "scp_listening",
+            ae_title=self.config.ae_title,
+            port=self.port,
+            allowed_callers=sorted(self._allowed),
+            accept_any_caller=self.config.accept_any_caller,
+        )
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.config.port
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # --- handlers ------------------------------------------------------------------------------
+    @staticmethod
+    def _on_connection_open(event: evt.Event) -> None:
+        # pynetdicom leaves Nagle on: every small PDU would wait for a delayed ACK.
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        event.assoc.dul._run_loop_delay = latency.DUL_LOOP_DELAY_S
+
+    def _on_association_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        # requestor.ae_title is only filled in after this event; the request primitive has it now.
+        primitive = cast(A_ASSOCIATE, assoc.requestor.primitive)
+        calling = str(primitive.calling_ae_title).strip()
+        host = str(assoc.requestor.address)
+        if self.config.accept_any_caller:
+            return
+        reason = None
+        if calling not in self._allowed:
+            reason = "calling AE title not in the allow-list"
+        elif self._allowed[calling] is not None and self._allowed[calling] != host:
+            reason = "calling AE title not allowed from this host"
+        if reason is not None:
+            log.warning("association_rejected", calling_ae=calling, peer_host=host, reason=reason)
+            metrics.associations.labels(outcome="rejected").inc()
+            assoc.acse.send_reject(
+                AssociateRejectResult.REJECTED_PERMANENT,
+                AssociateRejectSource.SERVICE_USER,
+                AssociateRejectReason.CALLING_AE_NOT_RECOGNIZED,
+            )
+            # As pynetdicom does for its own rejections: let the DUL flush the A-ASSOCIATE-RJ
+            # before the server closes the socket.
+            assoc.kill()
+
+    @staticmethod
+    def _on_established(event: evt.Event) -> None:
+        metrics.associations.labels(outcome="accepted").inc()
+        metrics.active_associations.inc()
+        log.info(
+            "association_established",
+            calling_ae=event.assoc.requestor.ae_title.strip(),
+            peer_host=event.assoc.requestor.address,
+        )
+
+    def _on_released(self, event: evt.Event) -> None:
+        # A sender that released its association sees its instances in the index (and so in
+        # `ainode status` and the API) from then on.
+        self.store.flush(timeout_s=10)
+        self._on_closed(event)
+
+    @staticmethod
+    def _on_closed(event: evt.Event) -> None:
+        if event.assoc.is_established or event.assoc.is_released or event.assoc.is_aborted:
+            metrics.active_associations.dec()
+
+    @staticmethod
+    def _on_echo(event: evt.Event) -> int:
+        return int(EchoStatus.SUCCESS)
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        calling = event.assoc.requestor.ae_title.strip()
+        request = cast(C_STORE, event.request)
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        bound = log.bind(calling_ae=calling)
+        try:
+            data = event.encoded_dataset(include_meta=False)
+            stored = self.store.store_dimse(
+                data,
+                str(event.context.transfer_syntax),
+                str(request.AffectedSOPClassUID or ""),
+                sop_uid,
+                calling_ae=calling,
+                called_ae=self.config.ae_title,
+            )
+        except OutOfResourcesError as exc:
+            metrics.instances_rejected.labels(source="dimse", reason="out_of_resources").inc()
+            status = hex(StoreStatus.OUT_OF_RESOURCES)
+            bound.error("store_refused", status=status, reason=str(exc))
+            return _failure(StoreStatus.OUT_OF_RESOURCES, "Out of resources: disk below watermark")
+        except (InvalidDatasetError, InvalidIdentifierError) as exc:
+            metrics.instances_rejected.labels(source="dimse", reason="invalid").inc()
+            bound.warning("store_failed", status=hex(StoreStatus.CANNOT_UNDERSTAND), reason=str(exc))
+            return _failure(StoreStatus.CANNOT_UNDERSTAND, str(exc))
+        except Exception as exc:  # the association (and the node) must survive anything one dataset does
+            metrics.instances_rejected.labels(source="dimse", reason="processing_failure").inc()
+            bound.exception("store_processing_failure", status=hex(StoreStatus.PROCESSING_FAILURE))
+            return _failure(StoreStatus.PROCESSING_FAILURE, f"Processing failure: {type(exc).__name__}")
+        metrics.instances_received.labels(source="dimse", result=stored.result).inc()
+        metrics.bytes_received.labels(source="dimse").inc(stored.size_bytes)
+        bound.debug(
+            "instance_stored",
+            series_uid=stored.series_uid,
+            sop_instance_uid=stored.sop_instance_uid,
+            result=stored.result,
+        )
+        return int(StoreStatus.SUCCESS)

@@ -1,0 +1,44 @@
+"""Turns a complete series into job rows, by the routing rules in the config."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+
+import structlog
+
+from node.route.rules import Route, RoutingDecision, evaluate_routes
+from node.work.jobs import queue_job
+
+log = structlog.get_logger(__name__)
+
+
+class JobPlanner:
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = list(routes)
+
+    def decide(self, series: sqlite3.Row) -> RoutingDecision:
+        attributes = json.loads(series["attributes"] or "{}")
+        return evaluate_routes(self.routes, attributes, series["calling_ae"] or "", series["called_ae"] or "")
+
+    def queue_jobs(self, conn: sqlite3.Connection, series: sqlite3.Row) -> list[int]:
+        """Inside the completion transaction: one job per (pipeline, its destinations)."""
+        decision = self.decide(series)
+        route_names = ",".join(r.name for r in decision.matched)
+        job_ids = [
+            queue_job(
+                conn,
+                series_uid=series["series_uid"],
+                study_uid=series["study_uid"],
+                generation=series["generation"],
+                pipeline=pipeline,
+                route=route_names,
+                destinations=list(destinations),
+            )
+            for pipeline, destinations in decision.jobs().items()
+        ]
+        if not job_ids:
+            # The explanation names tags and values only (routing attributes hold no patient identity).
+            log.info("series_not_routed", series_uid=series["series_uid"], explanation=decision.explanation())
+        return job_ids

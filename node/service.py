@@ -1,0 +1,146 @@
+"""The node as one service: index, spool, SCP, completeness monitor, workers (and, when
+configured, the exporter and the HTTP API), started and stopped in the right order."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import threading
+import uuid
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import structlog
+
+from node.config import NodeConfig
+from node.errors import ConfigError, NodeError
+from node.export.destinations import build_destinations
+from node.export.outbox import Outbox
+from node.receive.completeness import CompletenessMonitor
+from node.receive.scp import StorageSCP
+from node.route.planner import JobPlanner
+from node.store.db import Database, now
+from node.store.ingest import InstanceStore
+from node.store.spool import Spool
+from node.work.jobs import JobState, record_transition
+from node.work.supervisor import WorkerSupervisor
+from node.work.worker import index_path
+
+if TYPE_CHECKING:
+    from node.api.server import HttpServer
+
+log = structlog.get_logger(__name__)
+
+
+class NodeService:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.boot_id = uuid.uuid4().hex[:8]
+        data_dir = config.storage.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_data_dir(data_dir)
+        self.db = Database(index_path(config))
+        self.spool = Spool(data_dir)
+        self.store = InstanceStore(self.db, self.spool, config.storage.min_free_disk_mb * 1024 * 1024)
+        self.scp = StorageSCP(config.dicom, self.store)
+        self.completeness = CompletenessMonitor(self.db, config.completeness, JobPlanner(config.routes))
+        self.supervisor = WorkerSupervisor(config, self.db, self.boot_id)
+        self.outbox = Outbox(
+            self.db,
+            build_destinations(dict(config.destinations)),
+            config.delivery.retry,
+            batch_size=config.delivery.batch_size,
+        )
+        self.http: HttpServer | None = None
+        if config.http.enabled:
+            from node.api.app import create_app
+            from node.api.server import HttpServer
+
+            app = create_app(config, self.db, self.store, workers_alive=self.supervisor.alive)
+            self.http = HttpServer(app, config.http)
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        removed = self.spool.clear_incoming()
+        reindexed = self._reconcile_spool()
+        requeued = self._requeue_orphaned_jobs()
+        log.info(
+            "node_starting",
+            boot_id=self.boot_id,
+            data_dir=str(self.config.storage.data_dir),
+            temp_files_removed=removed,
+            instances_reindexed=reindexed,
+            jobs_requeued=requeued,
+        )
+        self.scp.start()
+        self.completeness.start()
+        self.supervisor.start()
+        self.outbox.start(self.config.delivery.check_interval_s)
+        if self.http is not None:
+            self.http.start()
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.http is not None:
+            self.http.stop()  # first: no new STOW-RS uploads while the rest shuts down
+        self.scp.stop()
+        self.store.close()
+        self.completeness.stop()
+        self.supervisor.stop()
+        self.outbox.stop()
+        log.info("node_stopped", boot_id=self.boot_id)
+
+    def run_until_signalled(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stopped.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stopped.set())
+        self.start()
+        try:
+            self._stopped.wait()
+        finally:
+            self._stopped.clear()
+            self.stop()
+
+    def _reconcile_spool(self) -> int:
+        """Files fsynced before a power loss but whose index rows were not yet on disk: index them."""
+        known = {r["path"] for r in self.db.query("SELECT path FROM instances")}
+        count = 0
+        for path in self.spool.iter_instance_files():
+            if str(path) in known:
+                continue
+            try:
+                self.store.index_spool_file(path, called_ae=self.config.dicom.ae_title)
+                count += 1
+            except NodeError as exc:
+                log.error("spool_file_unreadable", path=str(path), reason=str(exc))
+        self.store.flush()
+        return count
+
+    def _requeue_orphaned_jobs(self) -> int:
+        """Jobs running when the node last stopped belong to workers that no longer exist."""
+        with self.db.transaction() as conn:
+            rows = conn.execute("SELECT id, lease_owner FROM jobs WHERE state = 'running'").fetchall()
+            for row in rows:
+                conn.execute(
+                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
+                    (row["id"],),
+                )
+                record_transition(conn, row["id"], "running", JobState.QUEUED, "node restarted; worker gone")
+        return len(rows)
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """One node per data dir: two would both think they own the running jobs."""
+    lock_file = (data_dir / "node.lock").open("a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"storage.data_dir: {data_dir} is in use by another running node") from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(json.dumps({"pid": os.getpid(), "since": now()}))
+    lock_file.flush()
+    return lock_file

@@ -1,0 +1,1 @@
+"""Durable store: the spool of received files and the SQLite index every stage talks through."""

@@ -1,0 +1,185 @@
+"""The SQLite index (WAL): one schema for every stage, one transaction per state change.
+
+Each thread gets its own connection (sqlite3 connections are not shared across threads);
+worker processes open their own :class:`Database` on the same file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from node.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+-- Patient/study identity is kept for the worklist (shown only when the operator enables it)
+-- and is never written to logs.
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    patient_name TEXT, patient_id TEXT, accession_number TEXT,
+    study_date TEXT, study_description TEXT,
+    first_received_at REAL NOT NULL, last_received_at REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    modality TEXT, body_part_examined TEXT, series_description TEXT, series_number INTEGER,
+    -- Tags for routing rules, as JSON {keyword: value}.
+    attributes TEXT NOT NULL DEFAULT '{}',
+    calling_ae TEXT, called_ae TEXT,
+    state TEXT NOT NULL CHECK (state IN ('receiving', 'complete')),
+    -- Incremented each time an instance re-opens a complete series; jobs carry the generation
+    -- they ran on so that results of an older generation are known to be superseded.
+    generation INTEGER NOT NULL DEFAULT 1,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    first_received_at REAL NOT NULL, last_received_at REAL NOT NULL,
+    completed_at REAL, completion_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS series_state ON series(state, last_received_at);
+CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    study_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    instance_number INTEGER,
+    image_position TEXT,        -- JSON [x, y, z] or NULL
+    image_orientation TEXT,     -- JSON [6 floats] or NULL
+    slice_thickness REAL,
+    number_of_frames INTEGER,
+    images_in_acquisition INTEGER,
+    calling_ae TEXT,
+    received_at REAL NOT NULL,
+    replaced_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    route TEXT NOT NULL,
+    destinations TEXT NOT NULL DEFAULT '[]',   -- JSON list of destination names
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'superseded')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT, lease_expires_at REAL,
+    created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+    reason TEXT,
+    result_summary TEXT                        -- JSON PipelineResult.summary()
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
+CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_uid);
+
+-- The trail of every job transition.
+CREATE TABLE IF NOT EXISTS job_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    from_state TEXT, to_state TEXT NOT NULL, at REAL NOT NULL, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events(job_id);
+
+-- DICOM objects a job produced (SEG, SR, SC), stored in the spool's results folder.
+CREATE TABLE IF NOT EXISTS results (
+    sop_instance_uid TEXT PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_job ON results(job_id);
+
+-- One row per (result object, destination).
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    result_sop_instance_uid TEXT NOT NULL REFERENCES results(sop_instance_uid),
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'retry', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, sent_at REAL,
+    UNIQUE (result_sop_instance_uid, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+
+CREATE TABLE IF NOT EXISTS delivery_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+    from_state TEXT, to_state TEXT NOT NULL, at REAL NOT NULL, detail TEXT
+);
+"""
+
+
+class Database:
+    """Thread-safe access to the index: one sqlite3 connection per thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # executescript manages its own transaction (CREATE ... IF NOT EXISTS is idempotent).
+        conn = self.connection()
+        conn.executescript(SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (kill -9); after a power loss the
+            # newest index rows may be missing, which start-up reconciliation repairs from the
+            # spool files, which are fsynced before Success is answered.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT: one state change, all or nothing."""
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"index unavailable: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[object, ...] | dict[str, object] = ()) -> list[sqlite3.Row]:
+        return list(self.connection().execute(sql, params).fetchall())
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def now() -> float:
+    """Wall-clock seconds, the one clock every row uses."""
+    return time.time()

@@ -1,0 +1,393 @@
+"""Storing one received instance: validate, write durably, index. Shared by C-STORE and STOW-RS.
+
+The order is the promise: the file is fsynced and renamed into place, and its index rows are
+committed, before the caller is allowed to answer Success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import queue
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pydicom
+import structlog
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+# pydicom-internal but stable since 1.x: reads the File Meta group and leaves the stream at the
+# first dataset byte, which is what lets STOW-RS and C-STORE share one code path.
+from pydicom.filereader import (
+    _read_file_meta_info,
+    read_preamble,
+)
+from pydicom.uid import UID
+
+from node import __version__
+from node.errors import InvalidDatasetError, OutOfResourcesError
+from node.store.db import Database, now
+from node.store.fast_dicom import encode_file_meta, parse_header
+from node.store.spool import Spool
+from node.uids import validate_uid
+from node.work.jobs import supersede_open_jobs
+
+log = structlog.get_logger(__name__)
+
+IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1234.1")  # node's implementation UID
+IMPLEMENTATION_VERSION_NAME = f"AINODE_{__version__}"[:16]
+
+# Series/study tags kept for routing rules (see node/route). No patient identity here.
+ROUTING_KEYWORDS = (
+    "Modality",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "StudyDescription",
+    "ProtocolName",
+    "ImageType",
+    "SliceThickness",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "ConvolutionKernel",
+    "ContrastBolusAgent",
+    "SOPClassUID",
+    "SeriesNumber",
+    "KVP",
+    "PatientPosition",
+    "StationName",
+    "InstitutionName",
+    "InstitutionalDepartmentName",
+    "ScanOptions",
+    "ReconstructionDiameter",
+    "NumberOfFrames",
+)
+
+StoreResult = Literal["new", "identical", "replaced"]
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    path: Path
+    size_bytes: int
+    result: StoreResult
+
+
+def _json_value(value: Any) -> Any:
+    """Plain JSON for a DICOM value (multi-valued → list, numbers as float, rest as text)."""
+    if value is None:
+        return None
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, pydicom.valuerep.DSfloat | pydicom.valuerep.IS):
+        return float(value)
+    return str(value)
+
+
+def _float_list(ds: Dataset, keyword: str, length: int) -> list[float] | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == length else None
+
+
+def _optional_int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _optional_float(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+class InstanceStore:
+    """The one place instances enter the node."""
+
+    def __init__(self, db: Database, spool: Spool, min_free_bytes: int) -> None:
+        self.db = db
+        self.spool = spool
+        self.min_free_bytes = min_free_bytes
+        # Two senders storing the same SOP Instance UID at once must not interleave.
+        self._same_uid_lock = threading.Lock()
+        self.indexer = IndexWriter(db)
+
+    # --- entry points ------------------------------------------------------------------------
+    def store_dimse(
+        self,
+        dataset_bytes: bytes,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        *,
+        calling_ae: str,
+        called_ae: str,
+    ) -> StoredInstance:
+        """A C-STORE dataset as received (no File Meta), stored as received (no transcoding)."""
+        return self._store(
+            dataset_bytes, UID(transfer_syntax_uid), sop_class_uid, sop_instance_uid, calling_ae, called_ae
+        )
+
+    def store_part10(self, file_bytes: bytes, *, calling_ae: str, called_ae: str) -> StoredInstance:
+        """A DICOM Part-10 file (STOW-RS, import)."""
+        meta, dataset_bytes = _split_part10(file_bytes)
+        return self._store(
+            dataset_bytes,
+            UID(meta.TransferSyntaxUID),
+            str(meta.get("MediaStorageSOPClassUID", "")),
+            str(meta.get("MediaStorageSOPInstanceUID", "")),
+            calling_ae,
+            called_ae,
+        )
+
+    def index_spool_file(self, path: Path, *, called_ae: str) -> None:
+        """Index a file already durable in the spool whose rows were lost (the node died between
+        answering Success and the indexer's commit). The calling AE of such an instance is unknown."""
+        file_bytes = path.read_bytes()
+        meta, dataset_bytes = _split_part10(file_bytes)
+        header_len = len(file_bytes) - len(dataset_bytes)
+        ds = parse_header(dataset_bytes, UID(meta.TransferSyntaxUID), file_bytes[:header_len])
+        validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+        self.indexer.submit(
+            _PendingRow(ds, path, len(file_bytes), dataset_bytes, str(meta.get("MediaStorageSOPClassUID", "")),
+                        str(meta.TransferSyntaxUID), "", called_ae, "new", now())
+        )  # fmt: skip
+
+    # --- the work ----------------------------------------------------------------------------
+    def _store(
+        self,
+        dataset_bytes: bytes,
+        transfer_syntax: UID,
+        sop_class_hint: str,
+        sop_instance_hint: str,
+        calling_ae: str,
+        called_ae: str,
+    ) -> StoredInstance:
+        if self.spool.free_bytes() - len(dataset_bytes) < self.min_free_bytes:
+            raise OutOfResourcesError(
+                f"free disk below the {self.min_free_bytes // (1024 * 1024)} MB watermark; instance refused"
+            )
+        sop_class = validate_uid(sop_class_hint, "SOP Class UID")
+        sop_uid = validate_uid(sop_instance_hint, "SOP Instance UID")
+
+        header_bytes = encode_file_meta(
+            sop_class, sop_uid, transfer_syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+        )
+        ds = parse_header(dataset_bytes, transfer_syntax, header_bytes)
+        study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+        series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+        if validate_uid(ds.get("SOPInstanceUID"), "dataset SOPInstanceUID") != sop_uid:
+            raise InvalidDatasetError("dataset SOPInstanceUID differs from the one the sender announced")
+        if validate_uid(ds.get("SOPClassUID"), "dataset SOPClassUID") != sop_class:
+            raise InvalidDatasetError("dataset SOPClassUID differs from the one the sender announced")
+
+        path = self.spool.instance_path(study_uid, series_uid, sop_uid)
+        received_at = now()
+        with self._same_uid_lock:
+            if path.exists():
+                # Same SOP Instance UID again (rare): identical content is a no-op, other content
+                # replaces the file and is recorded as a replacement.
+                previous = path.read_bytes()
+                if previous.endswith(dataset_bytes) and len(previous) == len(header_bytes) + len(dataset_bytes):
+                    return StoredInstance(
+                        sop_uid, series_uid, study_uid, sop_class, path, len(dataset_bytes), "identical"
+                    )
+                result: StoreResult = "replaced"
+            else:
+                result = "new"
+            self.spool.write_atomically(path, [header_bytes, dataset_bytes])
+        # The file is durable: the caller may answer Success now. The index rows follow on the
+        # indexer thread (batched); if the node dies first, start-up indexes spool files it lacks.
+        self.indexer.submit(
+            _PendingRow(
+                ds,
+                path,
+                len(header_bytes) + len(dataset_bytes),
+                dataset_bytes,
+                sop_class,
+                str(transfer_syntax),
+                calling_ae,
+                called_ae,
+                result,
+                received_at,
+            )
+        )
+        return StoredInstance(sop_uid, series_uid, study_uid, sop_class, path, len(dataset_bytes), result)
+
+    def flush(self, timeout_s: float = 30) -> bool:
+        """Wait until every stored instance is in the index (tests, association release, STOW-RS)."""
+        return self.indexer.flush(timeout_s)
+
+    def close(self) -> None:
+        self.indexer.close()
+
+
+def _split_part10(file_bytes: bytes) -> tuple[Dataset, bytes]:
+    """(File Meta, dataset bytes as stored) of a Part-10 file."""
+    stream = io.BytesIO(file_bytes)
+    try:
+        read_preamble(stream, force=False)
+        meta = _read_file_meta_info(stream)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        raise InvalidDatasetError(f"not a DICOM Part-10 file: {exc}") from None
+    if "TransferSyntaxUID" not in meta:
+        raise InvalidDatasetError("File Meta has no TransferSyntaxUID")
+    return meta, file_bytes[stream.tell() :]
+
+
+@dataclass(frozen=True)
+class _PendingRow:
+    ds: Dataset
+    path: Path
+    size: int
+    dataset_bytes: bytes
+    sop_class: str
+    transfer_syntax: str
+    calling_ae: str
+    called_ae: str
+    result: StoreResult
+    received_at: float
+
+
+class IndexWriter:
+    """One thread that writes index rows for stored instances, many per transaction.
+
+    Keeps SQLite off the C-STORE critical path: a sender waits for fsync + rename, not for the index.
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._queue: queue.Queue[_PendingRow | None] = queue.Queue()
+        self._idle = threading.Condition()
+        self._outstanding = 0
+        self._thread = threading.Thread(target=self._run, daemon=True, name="index-writer")
+        self._thread.start()
+
+    def submit(self, row: _PendingRow) -> None:
+        with self._idle:
+            self._outstanding += 1
+        self._queue.put(row)
+
+    def flush(self, timeout_s: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._outstanding == 0, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            try:
+                with self.db.transaction() as conn:
+                    for row in batch:
+                        _index_row(conn, row)
+            except Exception:
+                # The files are durable; start-up reconciliation will index them.
+                log.exception("index_write_failed", instances=len(batch))
+            with self._idle:
+                self._outstanding -= len(batch)
+                self._idle.notify_all()
+
+
+def _index_row(conn: sqlite3.Connection, row: _PendingRow) -> None:
+    ds, t = row.ds, row.received_at
+    study_uid = str(ds.StudyInstanceUID)
+    series_uid = str(ds.SeriesInstanceUID)
+    digest = hashlib.sha256(row.dataset_bytes).hexdigest()
+    attributes = {kw: _json_value(ds.get(kw)) for kw in ROUTING_KEYWORDS if kw in ds}
+    ipp = _float_list(ds, "ImagePositionPatient", 3)
+    iop = _float_list(ds, "ImageOrientationPatient", 6)
+    conn.execute(
+        """INSERT INTO studies (study_uid, patient_name, patient_id, accession_number, study_date,
+               study_description, first_received_at, last_received_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT(study_uid) DO UPDATE SET last_received_at = max(last_received_at, excluded.last_received_at)""",
+        (study_uid, str(ds.get("PatientName", "")), str(ds.get("PatientID", "")),
+         str(ds.get("AccessionNumber", "")), str(ds.get("StudyDate", "")),
+         str(ds.get("StudyDescription", "")), t, t),
+    )  # fmt: skip
+    series = conn.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+    if series is None:
+        conn.execute(
+            """INSERT INTO series (series_uid, study_uid, modality, body_part_examined,
+                   series_description, series_number, attributes, calling_ae, called_ae, state,
+                   instance_count, first_received_at, last_received_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'receiving', 0, ?, ?)""",
+            (series_uid, study_uid, str(ds.get("Modality", "")), str(ds.get("BodyPartExamined", "")),
+             str(ds.get("SeriesDescription", "")), _optional_int(ds, "SeriesNumber"),
+             json.dumps(attributes), row.calling_ae, row.called_ae, t, t),
+        )  # fmt: skip
+    elif series["state"] == "complete":
+        reopen_series(conn, series_uid, t)
+    exists = conn.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (str(ds.SOPInstanceUID),)).fetchone()
+    conn.execute(
+        """UPDATE series SET last_received_at = max(last_received_at, ?),
+               instance_count = instance_count + ? WHERE series_uid = ?""",
+        (t, 0 if exists else 1, series_uid),
+    )
+    conn.execute(
+        """INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,
+               transfer_syntax_uid, path, size_bytes, sha256, instance_number, image_position,
+               image_orientation, slice_thickness, number_of_frames, images_in_acquisition,
+               calling_ae, received_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT(sop_instance_uid) DO UPDATE SET
+               path = excluded.path, size_bytes = excluded.size_bytes, sha256 = excluded.sha256,
+               transfer_syntax_uid = excluded.transfer_syntax_uid,
+               image_position = excluded.image_position,
+               image_orientation = excluded.image_orientation,
+               received_at = excluded.received_at,
+               replaced_count = replaced_count + (excluded.sha256 != sha256)""",
+        (str(ds.SOPInstanceUID), series_uid, study_uid, row.sop_class, row.transfer_syntax, str(row.path),
+         row.size, digest, _optional_int(ds, "InstanceNumber"), json.dumps(ipp) if ipp else None,
+         json.dumps(iop) if iop else None, _optional_float(ds, "SliceThickness"),
+         _optional_int(ds, "NumberOfFrames"), _optional_int(ds, "ImagesInAcquisition"),
+         row.calling_ae, t),
+    )  # fmt: skip
+
+
+def reopen_series(conn: sqlite3.Connection, series_uid: str, t: float) -> None:
+    """An instance arrived for a complete series: it is receiving again, its work superseded."""
+    conn.execute(
+        """UPDATE series SET state = 'receiving', generation = generation + 1,
+               completed_at = NULL, completion_reason = NULL WHERE series_uid = ?""",
+        (series_uid,),
+    )
+    # A running job finds out when it finishes (the worker compares generations).
+    supersede_open_jobs(conn, series_uid, "series re-opened by a late instance")

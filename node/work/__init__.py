@@ -1,0 +1,1 @@
+"""Jobs and the worker processes that run pipelines on complete series."""

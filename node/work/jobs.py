@@ -1,0 +1,152 @@
+"""The job state machine in the index: queued → running → done | failed | superseded.
+
+Every transition is one transaction that also appends a row to ``job_events``. A running job
+holds a lease; a job whose lease ran out (its worker crashed or was killed) is taken again,
+up to ``max_attempts``, after which it fails with the reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from node.store.db import Database, now
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    series_uid: str
+    study_uid: str
+    generation: int
+    pipeline: str
+    route: str
+    destinations: tuple[str, ...]
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(
+            id=row["id"],
+            series_uid=row["series_uid"],
+            study_uid=row["study_uid"],
+            generation=row["generation"],
+            pipeline=row["pipeline"],
+            route=row["route"],
+            destinations=tuple(json.loads(row["destinations"])),
+            attempts=row["attempts"],
+        )
+
+
+def record_transition(
+    conn: sqlite3.Connection, job_id: int, from_state: str | None, to_state: JobState, detail: str = ""
+) -> None:
+    conn.execute(
+        "INSERT INTO job_events (job_id, from_state, to_state, at, detail) VALUES (?, ?, ?, ?, ?)",
+        (job_id, from_state, to_state.value, now(), detail),
+    )
+
+
+def queue_job(
+    conn: sqlite3.Connection,
+    *,
+    series_uid: str,
+    study_uid: str,
+    generation: int,
+    pipeline: str,
+    route: str,
+    destinations: list[str],
+) -> int:
+    """Insert a queued job inside the caller's transaction (series completion is the same change)."""
+    cur = conn.execute(
+        """INSERT INTO jobs (series_uid, study_uid, generation, pipeline, route, destinations, state,
+               created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)""",
+        (series_uid, study_uid, generation, pipeline, route, json.dumps(destinations), now()),
+    )
+    job_id = int(cur.lastrowid or 0)
+    record_transition(conn, job_id, None, JobState.QUEUED, f"route {route}")
+    return job_id
+
+
+def claim_next_job(db: Database, worker_id: str, lease_s: float, max_attempts: int) -> Job | None:
+    """Take the oldest queued job, or a running one whose lease expired. None when idle."""
+    t = now()
+    with db.transaction() as conn:
+        # Expired leases past their last attempt fail here, with the reason, instead of looping.
+        for row in conn.execute(
+            """SELECT id, attempts, lease_owner FROM jobs
+               WHERE state = 'running' AND lease_expires_at < ? AND attempts >= ?""",
+            (t, max_attempts),
+        ).fetchall():
+            reason = f"worker {row['lease_owner']} stopped during attempt {row['attempts']} of {max_attempts}"
+            _mark_failed(conn, row["id"], t, reason)
+            record_transition(conn, row["id"], JobState.RUNNING.value, JobState.FAILED, reason)
+        row = conn.execute(
+            """SELECT * FROM jobs
+               WHERE state = 'queued' OR (state = 'running' AND lease_expires_at < ?)
+               ORDER BY id LIMIT 1""",
+            (t,),
+        ).fetchone()
+        if row is None:
+            return None
+        retaken = row["state"] == JobState.RUNNING.value
+        conn.execute(
+            """UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?,
+                   lease_expires_at = ?, started_at = ? WHERE id = ?""",
+            (worker_id, t + lease_s, t, row["id"]),
+        )
+        detail = f"worker {worker_id}" + (f"; lease of {row['lease_owner']} expired" if retaken else "")
+        record_transition(conn, row["id"], row["state"], JobState.RUNNING, detail)
+        claimed = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+    return Job.from_row(claimed)
+
+
+def renew_lease(db: Database, job_id: int, worker_id: str, lease_s: float) -> bool:
+    """Heartbeat. False if the job is no longer ours (taken over, superseded)."""
+    with db.transaction() as conn:
+        cur = conn.execute(
+            """UPDATE jobs SET lease_expires_at = ?
+               WHERE id = ? AND lease_owner = ? AND state = 'running'""",
+            (now() + lease_s, job_id, worker_id),
+        )
+        return cur.rowcount == 1
+
+
+def finish_job_failed(db: Database, job_id: int, reason: str) -> None:
+    with db.transaction() as conn:
+        row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or row["state"] != JobState.RUNNING.value:
+            return
+        _mark_failed(conn, job_id, now(), reason)
+        record_transition(conn, job_id, JobState.RUNNING.value, JobState.FAILED, reason)
+
+
+def series_generation(conn: sqlite3.Connection, series_uid: str) -> int:
+    row = conn.execute("SELECT generation FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+    return int(row["generation"]) if row else 0
+
+
+def supersede_open_jobs(conn: sqlite3.Connection, series_uid: str, detail: str) -> None:
+    """Queued and done work of a series that just re-opened no longer describes it."""
+    for job in conn.execute(
+        "SELECT id, state FROM jobs WHERE series_uid = ? AND state IN ('queued', 'done')", (series_uid,)
+    ).fetchall():
+        conn.execute("UPDATE jobs SET state = 'superseded' WHERE id = ?", (job["id"],))
+        record_transition(conn, job["id"], job["state"], JobState.SUPERSEDED, detail)
+
+
+def _mark_failed(conn: sqlite3.Connection, job_id: int, t: float, reason: str) -> None:
+    conn.execute(
+        "UPDATE jobs SET state = 'failed', finished_at = ?, reason = ?, lease_owner = NULL WHERE id = ?",
+        (t, reason, job_id),
+    )

@@ -1,0 +1,229 @@
+"""A worker process: claims jobs from the index, runs their pipeline, records results.
+
+Workers are separate processes (spawned, not forked: they share no threads or sockets with the
+SCP), so a pipeline that crashes, raises or runs out of memory fails that job and nothing else.
+Each worker loads a pipeline once and reuses it for every job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import structlog
+
+from node.config import NodeConfig
+from node.logging_setup import configure_logging
+from node.store.db import Database, now
+from node.store.spool import Spool
+from node.work.jobs import (
+    Job,
+    JobState,
+    claim_next_job,
+    finish_job_failed,
+    record_transition,
+    renew_lease,
+    series_generation,
+)
+from pipelines.base import CTVolume, ModelIdentity, NotApplicable, Pipeline, PipelineResult, ResultStatus
+
+log = structlog.get_logger(__name__)
+
+IDLE_POLL_S = 0.25
+
+
+def index_path(config: NodeConfig) -> Path:
+    return config.storage.data_dir / "index.sqlite"
+
+
+class Worker:
+    def __init__(self, config: NodeConfig, worker_id: str) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.db = Database(index_path(config))
+        self.spool = Spool(config.storage.data_dir)
+        self._pipelines: dict[str, Pipeline] = {}
+        self._stop = threading.Event()
+
+    def pipeline(self, name: str) -> Pipeline:
+        if name not in self._pipelines:
+            from pipelines.registry import load_pipeline
+
+            self._pipelines[name] = load_pipeline(name)  # the model loads once per process
+        return self._pipelines[name]
+
+    def run_forever(self) -> None:
+        log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
+        while not self._stop.is_set():
+            if not self.run_one():
+                self._stop.wait(IDLE_POLL_S)
+
+    def run_one(self) -> bool:
+        """Claim and run one job. False when there was nothing to do."""
+        wc = self.config.workers
+        job = claim_next_job(self.db, self.worker_id, wc.lease_s, wc.max_attempts)
+        if job is None:
+            return False
+        bound = log.bind(job_id=job.id, series_uid=job.series_uid, pipeline=job.pipeline)
+        bound.info("job_started", attempt=job.attempts)
+        heartbeat = _LeaseHeartbeat(self.db, job.id, self.worker_id, wc.lease_s)
+        heartbeat.start()
+        try:
+            result, timings, volume = self._execute(job)
+            encode_start = time.perf_counter()
+            outputs = self._encode(job, result, volume)
+            timings["encode"] = time.perf_counter() - encode_start
+            self._finish(job, result, outputs, timings)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            bound.error("job_failed", reason=reason, traceback=traceback.format_exc(limit=8))
+            finish_job_failed(self.db, job.id, reason[:2000])
+        finally:
+            heartbeat.stop()
+        return True
+
+    def _execute(self, job: Job) -> tuple[PipelineResult, dict[str, float], CTVolume | None]:
+        from pipelines.loading import load_series
+
+        rows = self.db.query("SELECT path FROM instances WHERE series_uid = ?", (job.series_uid,))
+        paths = [Path(r["path"]) for r in rows]
+        t0 = time.perf_counter()
+        pipeline = self.pipeline(job.pipeline)
+        t1 = time.perf_counter()
+        try:
+            volume = load_series(paths, series_instance_uid=job.series_uid)
+        except NotApplicable as exc:
+            model = getattr(pipeline, "model", None)
+            identity = model if isinstance(model, ModelIdentity) else ModelIdentity(job.pipeline, "", "")
+            return PipelineResult.not_applicable(job.pipeline, identity, exc.reason), {}, None
+        t2 = time.perf_counter()
+        result = pipeline.run(volume)
+        t3 = time.perf_counter()
+        return result, {"model_load": t1 - t0, "load": t2 - t1, "inference": t3 - t2}, volume
+
+    def _encode(self, job: Job, result: PipelineResult, volume: CTVolume | None) -> list[tuple[str, str, Path]]:
+        """DICOM objects for a completed findings result: [(sop_uid, kind, path)]."""
+        if result.status is not ResultStatus.COMPLETED or job.pipeline != "lung-nodule" or volume is None:
+            return []
+        from node.encode import encode_results, write_results
+
+        by_uid = {s.sop_instance_uid for s in volume.slices}
+        rows = self.db.query("SELECT sop_instance_uid, path FROM instances WHERE series_uid = ?", (job.series_uid,))
+        sources = [pydicom.dcmread(r["path"]) for r in rows if r["sop_instance_uid"] in by_uid]
+        # Same seed for every attempt of this job: a job taken again after a crash produces the same
+        # SOP Instance UIDs, so the PACS never holds two copies. A new job (late instances, an
+        # operator's re-run) makes new objects, which say what they supersede.
+        seed = f"{job.series_uid}/{job.generation}/{job.pipeline}/{job.id}"
+        datasets = encode_results(result, volume, sources, uid_seed=seed, previous_reports=self._earlier_reports(job))
+        out_dir = self.spool.results_root / str(job.id)
+        paths = write_results(datasets, out_dir)
+        return [(str(ds.SOPInstanceUID), str(ds.Modality), p) for ds, p in zip(datasets, paths, strict=True)]
+
+    def _earlier_reports(self, job: Job) -> list[pydicom.Dataset]:
+        """SRs of earlier jobs of this series and pipeline: the new results supersede them."""
+        rows = self.db.query(
+            """SELECT r.path FROM results r JOIN jobs j ON j.id = r.job_id
+               WHERE j.series_uid = ? AND j.pipeline = ? AND j.id < ? AND r.kind = 'SR'""",
+            (job.series_uid, job.pipeline, job.id),
+        )
+        return [pydicom.dcmread(r["path"]) for r in rows if Path(r["path"]).exists()]
+
+    def _finish(
+        self,
+        job: Job,
+        result: PipelineResult,
+        outputs: list[tuple[str, str, Path]],
+        timings: dict[str, float],
+    ) -> None:
+        t = now()
+        summary: dict[str, Any] = result.summary()
+        summary["node_timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT state, lease_owner FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            if row["state"] != JobState.RUNNING.value or row["lease_owner"] != self.worker_id:
+                log.warning("job_lost_lease", job_id=job.id, state=row["state"])
+                return
+            if series_generation(conn, job.series_uid) != job.generation:
+                conn.execute(
+                    "UPDATE jobs SET state = 'superseded', finished_at = ?, result_summary = ? WHERE id = ?",
+                    (t, json.dumps(summary), job.id),
+                )
+                record_transition(conn, job.id, "running", JobState.SUPERSEDED, "series changed while running")
+                return
+            for sop_uid, kind, path in outputs:
+                conn.execute(
+                    """INSERT INTO results (sop_instance_uid, job_id, kind, path, created_at)
+                       VALUES (?, ?, ?, ?, ?)
+                       ON CONFLICT(sop_instance_uid) DO UPDATE SET job_id = excluded.job_id,
+                           path = excluded.path""",
+                    (sop_uid, job.id, kind, str(path), t),
+                )
+                for destination in job.destinations:
+                    conn.execute(
+                        """INSERT OR IGNORE INTO deliveries (job_id, result_sop_instance_uid, destination,
+                               state, next_attempt_at, created_at, updated_at)
+                           VALUES (?, ?, ?, 'pending', ?, ?, ?)""",
+                        (job.id, sop_uid, destination, t, t, t),
+                    )
+            detail = (
+                result.reason if result.status is ResultStatus.NOT_APPLICABLE else f"{len(result.findings)} findings"
+            )
+            conn.execute(
+                """UPDATE jobs SET state = 'done', finished_at = ?, lease_owner = NULL, result_summary = ?,
+                       reason = ? WHERE id = ?""",
+                (t, json.dumps(summary), result.reason or None, job.id),
+            )
+            record_transition(conn, job.id, "running", JobState.DONE, detail)
+        log.info(
+            "job_done",
+            job_id=job.id,
+            series_uid=job.series_uid,
+            status=result.status.value,
+            findings=len(result.findings),
+            outputs=len(outputs),
+            timings=summary["node_timings_s"],
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class _LeaseHeartbeat:
+    """Renews the job's lease while it runs, so a long job is not taken over by another worker."""
+
+    def __init__(self, db: Database, job_id: int, worker_id: str, lease_s: float) -> None:
+        self._args = (db, job_id, worker_id, lease_s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"lease-{job_id}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        db, job_id, worker_id, lease_s = self._args
+        while not self._stop.wait(lease_s / 3):
+            if not renew_lease(db, job_id, worker_id, lease_s):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def worker_process_main(config_data: dict[str, Any], worker_id: str) -> None:
+    """Entry point of a spawned worker process."""
+    config = NodeConfig.model_validate(config_data)
+    configure_logging(config.logging.level, config.logging.format)
+    structlog.contextvars.bind_contextvars(worker_id=worker_id)
+    # Read by the pipelines when they load their model (node/ itself never imports torch).
+    os.environ["AINODE_DEVICE"] = config.workers.device
+    if config.workers.torch_threads:
+        os.environ["AINODE_TORCH_THREADS"] = str(config.workers.torch_threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(config.workers.torch_threads))
+    Worker(config, worker_id).run_forever()

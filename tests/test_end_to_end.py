@@ -1,0 +1,227 @@
+"""The product's main test: a real Orthanc auto-routes a CT study to the node (Lua), the node runs the
+lung-nodule AI and stores SEG + SR + Grad-CAM SC back into Orthanc — also when Orthanc is down for a
+while, when it refuses the node, and when the node is killed mid-way (results arrive exactly once)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from node.demo import AUTOROUTE_LUA
+from tests.node_process import REPO_ROOT, NodeProcess
+from tests.peers.dcmtk import storescu
+from tests.peers.net import wait_until
+from tests.peers.orthanc import OrthancPeer
+
+PHILIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct" / "philips-chest-64" / "dicom"
+pytestmark = pytest.mark.skipif(not PHILIPS.exists(), reason="../shared/data is not beside the repository")
+
+RESULT_DEADLINE_S = 420
+
+
+@pytest.fixture(autouse=True)
+def _lung_nodule_pipeline_present() -> None:
+    """Fail at once (not after the deadline) when the AI pipeline is missing from the tree."""
+    import importlib.util
+
+    assert importlib.util.find_spec("pipelines.lung_nodule.pipeline") is not None, "lung-nodule pipeline missing"
+
+
+def _first(folder: Path) -> pydicom.Dataset:
+    return pydicom.dcmread(sorted(folder.iterdir())[0], stop_before_pixels=True)
+
+
+@contextmanager
+def _site(
+    tmp_path: Path, *, orthanc_knows_node: bool = True, lua: bool = True
+) -> Iterator[tuple[NodeProcess, OrthancPeer]]:
+    node = NodeProcess(tmp_path / "node", {"completeness": {"settle_s": 1, "quiet_period_s": 20},
+                                           "delivery": {"check_interval_s": 0.25,
+                                                        "retry": {"base_delay_s": 0.5, "max_delay_s": 2}}})  # fmt: skip
+    modalities = {"node": (node.ae_title, "127.0.0.1", node.port)} if orthanc_knows_node else {}
+    orthanc = OrthancPeer(
+        tmp_path / "orthanc", modalities=modalities, lua_script=AUTOROUTE_LUA.read_text() if lua else None,
+        stable_age_s=1,
+    )  # fmt: skip
+    node.config["destinations"] = {
+        "pacs": {"type": "dimse", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port,
+                 "calling_ae_title": node.ae_title, "timeout_s": 10}
+    }  # fmt: skip
+    node.config["routes"] = [
+        {"name": "chest-ct", "when": {"tag": "Modality", "equals": "CT"}, "pipelines": ["lung-nodule"],
+         "destinations": ["pacs"]}
+    ]  # fmt: skip
+    node.reconfigure({})
+    with node, orthanc:
+        yield node, orthanc
+
+
+def _result_series(orthanc: OrthancPeer, study_uid: str) -> dict[str, list[dict[str, Any]]]:
+    """Series of the study in Orthanc by modality, through its DICOMweb QIDO-RS."""
+    by_modality: dict[str, list[dict[str, Any]]] = {}
+    for series in orthanc.series_of_study(study_uid):
+        modality = series["00080060"]["Value"][0]
+        by_modality.setdefault(modality, []).append(series)
+    return by_modality
+
+
+def _instances(series: dict[str, Any]) -> int:
+    return int(series["00201209"]["Value"][0])
+
+
+def _deliveries(node: NodeProcess) -> list[dict[str, Any]]:
+    return [dict(r) for r in node.db().query("SELECT * FROM deliveries ORDER BY id")]
+
+
+def _all_sent(node: NodeProcess) -> bool:
+    rows = _deliveries(node)
+    return bool(rows) and all(r["state"] == "sent" for r in rows)
+
+
+def test_orthanc_autoroutes_ct_and_receives_seg_sr_and_gradcam(tmp_path: Path) -> None:
+    study_uid = str(_first(PHILIPS).StudyInstanceUID)
+    with _site(tmp_path) as (node, orthanc):
+        assert orthanc.upload_dir(PHILIPS) == 64  # Lua OnStableStudy forwards it to the node
+
+        def results_in_orthanc() -> bool:
+            found = _result_series(orthanc, study_uid)
+            return {"SEG", "SR", "OT"} <= set(found) or ("SR" in found and _all_sent(node))
+
+        wait_until(results_in_orthanc, RESULT_DEADLINE_S, "SEG, SR and SC in Orthanc", interval_s=1)
+        wait_until(lambda: _all_sent(node), 60, "every delivery to be sent")
+        found = _result_series(orthanc, study_uid)
+        jobs = node.db().query("SELECT * FROM jobs")
+        assert [j["state"] for j in jobs] == ["done"]
+        results = node.db().query("SELECT kind FROM results")
+        kinds = sorted(r["kind"] for r in results)
+        # Everything the node produced is in the PACS, once.
+        assert sum(_instances(s) for m in ("SEG", "SR", "OT") for s in found.get(m, [])) == len(results)
+        assert kinds.count("SR") == 1 and len(found["SR"]) == 1
+        # The annotated adenocarcinoma of this series is a finding: so a SEG and Grad-CAM images exist.
+        assert "SEG" in found and "OT" in found
+        assert _instances(found["OT"][0]) == kinds.count("OT")
+        # Orthanc knows the node's CT was sent once (the Lua marks it) and the node got every slice.
+        assert node.db().query("SELECT instance_count FROM series")[0]["instance_count"] == 64
+
+
+def test_results_wait_while_orthanc_is_down_and_arrive_when_it_is_back(tmp_path: Path) -> None:
+    study_uid = str(_first(PHILIPS).StudyInstanceUID)
+    with _site(tmp_path, lua=False) as (node, orthanc):
+        orthanc.stop()
+        assert storescu(node.port, [PHILIPS], called=node.ae_title).returncode == 0
+
+        def waiting_for_retry() -> bool:
+            return any(d["state"] == "retry" and d["last_error"] for d in _deliveries(node))
+
+        wait_until(waiting_for_retry, RESULT_DEADLINE_S, "deliveries to wait for a retry", interval_s=1)
+        assert not any(d["state"] == "dead" for d in _deliveries(node))
+        orthanc.start()
+        wait_until(lambda: _all_sent(node), 120, "deliveries after Orthanc came back", interval_s=0.5)
+        found = _result_series(orthanc, study_uid)
+        assert "SR" in found
+        assert max(d["attempts"] for d in _deliveries(node)) >= 2
+
+
+def test_destination_refusing_the_node_goes_to_dead_letter_at_once(tmp_path: Path) -> None:
+    with _site(tmp_path, orthanc_knows_node=False, lua=False) as (node, _orthanc):
+        assert storescu(node.port, [PHILIPS], called=node.ae_title).returncode == 0
+
+        def settled() -> bool:
+            rows = _deliveries(node)
+            return bool(rows) and all(r["state"] in ("dead", "sent") for r in rows)
+
+        wait_until(settled, RESULT_DEADLINE_S, "deliveries to settle", interval_s=1)
+        rows = _deliveries(node)
+        assert all(r["state"] == "dead" for r in rows)
+        assert all(r["attempts"] == 1 for r in rows), "a permanent refusal must not be retried"
+        assert all("reject" in r["last_error"].lower() for r in rows), rows[0]["last_error"]
+        listing = subprocess.run(
+            [sys.executable, "-m", "node", "deliveries", "--config", str(node.config_path), "--state", "dead"],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+        )  # fmt: skip
+        assert listing.returncode == 0 and "dead" in listing.stdout
+
+
+def test_kill_9_during_processing_then_restart_delivers_exactly_once(tmp_path: Path) -> None:
+    study_uid = str(_first(PHILIPS).StudyInstanceUID)
+    with _site(tmp_path, lua=False) as (node, orthanc):
+        assert storescu(node.port, [PHILIPS], called=node.ae_title).returncode == 0
+        wait_until(lambda: bool(node.db().query("SELECT 1 FROM jobs WHERE state = 'running'")), 60, "the job to run")
+        node.kill()
+        node.start()
+        wait_until(lambda: _all_sent(node), RESULT_DEADLINE_S, "deliveries after the restart", interval_s=1)
+        job_events = node.db().query("SELECT detail FROM job_events WHERE to_state = 'queued'")
+        assert any("node restarted" in e["detail"] for e in job_events)
+        results = node.db().query("SELECT sop_instance_uid FROM results")
+        found = _result_series(orthanc, study_uid)
+        in_pacs = sum(_instances(s) for m in ("SEG", "SR", "OT") for s in found.get(m, []))
+        assert in_pacs == len(results), "each result object is in the PACS exactly once"
+        assert len(found["SR"]) == 1
+
+
+def test_late_instance_reruns_and_sends_superseding_results(tmp_path: Path) -> None:
+    study_uid = str(_first(PHILIPS).StudyInstanceUID)
+    with _site(tmp_path, lua=False) as (node, orthanc):
+        assert storescu(node.port, [PHILIPS], called=node.ae_title).returncode == 0
+        wait_until(lambda: _all_sent(node), RESULT_DEADLINE_S, "the first results", interval_s=1)
+        first_sr = node.db().query("SELECT sop_instance_uid FROM results WHERE kind = 'SR'")[0]["sop_instance_uid"]
+        # One more slice, contiguous with the series (below its last slice), arrives late.
+        files = sorted(PHILIPS.iterdir(), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+        lowest, second = (pydicom.dcmread(p) for p in files[:2])
+        step = float(second.ImagePositionPatient[2]) - float(lowest.ImagePositionPatient[2])
+        lowest.SOPInstanceUID = generate_uid()
+        lowest.file_meta.MediaStorageSOPInstanceUID = lowest.SOPInstanceUID
+        lowest.ImagePositionPatient[2] = float(lowest.ImagePositionPatient[2]) - step
+        late = tmp_path / "late.dcm"
+        lowest.save_as(late)
+        assert storescu(node.port, [late], called=node.ae_title).returncode == 0
+
+        def rerun_sent() -> bool:
+            jobs = node.db().query("SELECT state, generation FROM jobs ORDER BY id")
+            return len(jobs) == 2 and jobs[1]["state"] == "done" and _all_sent(node)
+
+        wait_until(rerun_sent, RESULT_DEADLINE_S, "the re-run's results", interval_s=1)
+        jobs = node.db().query("SELECT state, generation FROM jobs ORDER BY id")
+        assert [(j["state"], j["generation"]) for j in jobs] == [("superseded", 1), ("done", 2)]
+        found = _result_series(orthanc, study_uid)
+        assert len(found["SR"]) == 2  # the old report stays; the new one says what it replaces
+        new_sr_path = node.db().query(
+            """SELECT r.path FROM results r JOIN jobs j ON j.id = r.job_id
+               WHERE r.kind = 'SR' AND j.generation = 2"""
+        )[0]["path"]
+        new_sr = pydicom.dcmread(new_sr_path)
+        predecessors = [
+            ref.ReferencedSOPInstanceUID
+            for study in new_sr.PredecessorDocumentsSequence
+            for series in study.ReferencedSeriesSequence
+            for ref in series.ReferencedSOPSequence
+        ]
+        assert first_sr in predecessors
+        assert "supersedes" in new_sr.SeriesDescription.lower()
+
+
+def test_demo_command_runs_the_whole_loop(tmp_path: Path) -> None:
+    report = tmp_path / "demo.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "node", "demo", "--study", str(PHILIPS), "--workdir", str(tmp_path / "demo"),
+         "--json", str(report), "--timeout", str(RESULT_DEADLINE_S)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=RESULT_DEADLINE_S + 120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    import json
+
+    data = json.loads(report.read_text())
+    assert data["outcome"] == "results in PACS"
+    assert data["results_in_pacs"].get("SR") == 1
+    assert data["findings"], "the Philips series' mass is found"
+    assert "NOT FOR DIAGNOSTIC USE" in done.stdout
+    shutil.rmtree(tmp_path / "demo", ignore_errors=True)
