@@ -138,3 +138,33 @@ def test_each_not_applicable_reason(
     assert result.status is ResultStatus.NOT_APPLICABLE
     assert reason in result.reason
     assert result.findings == ()
+
+
+def test_working_grid_mask_maps_back_onto_the_source_slices(pipeline: LungNodulePipeline) -> None:
+    """A component on the 2 mm working grid lands on the same patient position on the source grid."""
+    from pipelines.lung_nodule.preprocessing import WorkingGrid
+
+    volume = _synthetic((40, 120, 120), (3.0, 0.7, 0.7))
+    grid = WorkingGrid.for_source(volume.shape, volume.geometry.spacing_mm)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
+    centre_w = np.array([30.0, 20.0, 25.0])
+    component = (zz - centre_w[0]) ** 2 + (yy - centre_w[1]) ** 2 + (xx - centre_w[2]) ** 2 <= 4**2
+    probability = component.astype(np.float32) * 0.9
+    from scipy import ndimage
+
+    (sl,) = ndimage.find_objects(component.astype(int))
+    cam = np.ones((32, 32, 32), dtype=np.float32)
+    finding = pipeline._to_source(
+        volume, grid, probability, component, sl, centre_w, 0.9, 0.3, cam, np.array([16, 16, 16])
+    )
+    assert finding is not None
+    full = finding.full_mask(volume.shape)
+    source_centre = np.argwhere(full).mean(axis=0)
+    # Same place in patient space (within a source voxel), whatever the two grids' spacings.
+    expected_mm = volume.geometry.voxel_to_patient(grid.to_source(centre_w))
+    assert np.linalg.norm(volume.geometry.voxel_to_patient(source_centre) - expected_mm) < 1.5
+    assert np.allclose(finding.centre_mm, volume.geometry.voxel_to_patient(source_centre), atol=1e-6)
+    # A 4-voxel (8 mm) radius sphere: ~2.1 cm3, ~16 mm across.
+    assert 0.6 * 2145 < finding.volume_mm3 < 1.4 * 2145
+    assert 13.0 < finding.long_axis_mm < 19.0
+    assert finding.gradcam is not None and finding.gradcam.shape == finding.mask.shape

@@ -25,12 +25,8 @@ def register(subparsers: Any) -> None:
     train.add_argument("train_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.train")
     train.set_defaults(func=_train)
 
-    evaluate = subparsers.add_parser(
-        "evaluate", help="FROC/CPM, Dice, AUC, confusion on held-out + real data"
-    )
-    evaluate.add_argument(
-        "evaluate_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.evaluate"
-    )
+    evaluate = subparsers.add_parser("evaluate", help="FROC/CPM, Dice, AUC, confusion on held-out + real data")
+    evaluate.add_argument("evaluate_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.evaluate")
     evaluate.set_defaults(func=_evaluate)
 
 
@@ -68,10 +64,15 @@ def _analyze(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from pipelines.lung_nodule import train
 
-    return train.main(list(args.train_args))
+    return train.main(_passthrough(args.train_args))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from pipelines.lung_nodule import evaluate
 
-    return evaluate.main(list(args.evaluate_args))
+    return evaluate.main(_passthrough(args.evaluate_args))
+
+
+def _passthrough(rest: list[str]) -> list[str]:
+    """Options after ``--`` go to the module's own parser: ``ainode evaluate -- --scans 6``."""
+    return rest[1:] if rest[:1] == ["--"] else list(rest)
