@@ -68,7 +68,7 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "node.cli",
+                "node",
                 "analyze",
                 str(series),
                 "--json",
