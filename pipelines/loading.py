@@ -414,4 +414,3 @@ def _as_list(value: Any) -> list[Any]:
 
 def _vec3(v: npt.NDArray[np.float64]) -> tuple[float, float, float]:
     return (float(v[0]), float(v[1]), float(v[2]))
-

@@ -16,6 +16,7 @@ _COMMAND_MODULES = [
     "node.cli.delivery_cmd",
     "node.cli.demo_cmd",
     "node.cli.process_cmd",
+    "node.cli.ai_cmd",
 ]
 
 

@@ -1,0 +1,78 @@
+"""`ainode analyze | train | evaluate`: the lung-nodule AI offline, same code path as the node's worker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    analyze = subparsers.add_parser(
+        "analyze", help="run lung-nodule AI on a folder of DICOM files (offline), findings as JSON"
+    )
+    analyze.add_argument("series_dir", type=Path)
+    analyze.add_argument("--json", type=Path, help="write the findings here (default: stdout)")
+    analyze.add_argument("--series-uid", help="which series, when the folder holds several")
+    analyze.add_argument("--pipeline", default="lung-nodule")
+    analyze.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    # The DICOM encoders' --dicom-out (SEG/SR/SC next to the JSON) is wired here by the lead.
+    analyze.set_defaults(func=_analyze)
+
+    train = subparsers.add_parser("train", help="train the lung-nodule models (composite data)")
+    train.add_argument("train_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.train")
+    train.set_defaults(func=_train)
+
+    evaluate = subparsers.add_parser("evaluate", help="FROC/CPM, Dice, AUC, confusion on held-out + real data")
+    evaluate.add_argument("evaluate_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.evaluate")
+    evaluate.set_defaults(func=_evaluate)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    import time
+
+    from pipelines import registry
+    from pipelines.base import ModelIdentity, NotApplicable, PipelineResult
+    from pipelines.loading import load_series_dir
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    pipeline = registry.load_pipeline(args.pipeline)
+    t = time.perf_counter()
+    try:
+        volume = load_series_dir(args.series_dir, args.series_uid)
+    except NotApplicable as exc:
+        model = getattr(pipeline, "model", ModelIdentity(args.pipeline, "", ""))
+        result = PipelineResult.not_applicable(pipeline.name, model, exc.reason)
+    else:
+        load_s = time.perf_counter() - t
+        result = pipeline.run(volume)
+        result.timings_s["load"] = load_s
+    text = json.dumps(result.summary(), indent=2)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pipelines.lung_nodule import train
+
+    return train.main(_passthrough(args.train_args))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipelines.lung_nodule import evaluate
+
+    return evaluate.main(_passthrough(args.evaluate_args))
+
+
+def _passthrough(rest: list[str]) -> list[str]:
+    """Options after ``--`` go to the module's own parser: ``ainode evaluate -- --scans 6``."""
+    return rest[1:] if rest[:1] == ["--"] else list(rest)

@@ -1,0 +1,36 @@
+"""Constants shared by training, inference and evaluation: one place for each default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+WEIGHTS_PATH = PACKAGE_DIR / "weights" / "lung_nodule.pt"
+HELDOUT_SHAPES_PATH = PACKAGE_DIR / "data" / "lidc_heldout_nodules.json.gz"
+
+MODEL_NAME = "ainode-lung-nodule"
+MODEL_VERSION = "0.1.0"
+
+# The networks see the CT resampled to this isotropic spacing. 2 mm keeps a whole chest under ~2 M voxels
+# (CPU budget) and still resolves nodules from ~4 mm diameter.
+WORKING_SPACING_MM = 2.0
+# HU window fed to both networks (lung + soft tissue + calcium), scaled to [0, 1].
+HU_WINDOW = (-1000.0, 400.0)
+# Segmentation patches (training) and sliding-window tiles (inference), in working voxels.
+SEG_PATCH = (48, 48, 48)
+SEG_ROI = (96, 96, 96)
+# Classifier patches centred on a nodule, in working voxels (64 mm cube).
+CLS_PATCH = (32, 32, 32)
+
+# Applicability limits.
+MIN_SLICES = 16
+MIN_Z_EXTENT_MM = 80.0
+MAX_SLICE_SPACING_MM = 5.01  # 5 mm reconstructions are the thickest we accept (and train for)
+MIN_LUNG_VOLUME_ML = 200.0
+
+# Candidate generation.
+SEGMENTATION_THRESHOLD = 0.5
+MIN_CANDIDATE_VOLUME_MM3 = 20.0  # ~3.4 mm sphere
+# Default operating points; the trained bundle stores the ones chosen on validation (recall first).
+DEFAULT_DETECTION_THRESHOLD = 0.5
+DEFAULT_MALIGNANCY_THRESHOLD = 0.5

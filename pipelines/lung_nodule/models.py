@@ -1,0 +1,101 @@
+"""The two networks (MONAI) and the weights bundle: one .pt with both state dicts and their metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets.resnet import ResNet
+from monai.networks.nets.unet import UNet
+
+# Small on purpose: the shipped weights stay a few MB and a chest runs in seconds on 2 CPU threads.
+SEGMENTER_CHANNELS = (8, 16, 32, 64)
+CLASSIFIER_PLANES = [8, 16, 32, 64]
+# Grad-CAM layer: layer2 keeps an 8^3 map on a 32^3 patch (deeper layers are 4^3, too coarse to read).
+GRADCAM_LAYER = "layer2"
+
+
+def build_segmenter() -> torch.nn.Module:
+    """3D UNet: 1 channel (windowed HU) in, 1 logit per voxel (nodule) out."""
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=1,
+        channels=SEGMENTER_CHANNELS,
+        strides=(2, 2, 2),
+        num_res_units=1,
+        norm="batch",
+    )
+
+
+def build_classifier() -> torch.nn.Module:
+    """3D ResNet-10-style (one basic block per stage) on a nodule-centred patch: 1 malignancy logit."""
+    return ResNet(
+        block="basic",
+        layers=[1, 1, 1, 1],
+        block_inplanes=CLASSIFIER_PLANES,
+        spatial_dims=3,
+        n_input_channels=2,  # windowed HU + the segmenter's mask of this nodule
+        conv1_t_size=3,
+        conv1_t_stride=2,
+        no_max_pool=True,
+        num_classes=1,
+    )
+
+
+@dataclass
+class ModelBundle:
+    segmenter: torch.nn.Module
+    classifier: torch.nn.Module
+    metadata: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+
+def save_bundle(
+    path: Path, segmenter: torch.nn.Module, classifier: torch.nn.Module, metadata: dict[str, Any]
+) -> str:
+    """Write the bundle (half-precision weights keep it small) and return its SHA-256."""
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "segmenter": {k: _compact(v) for k, v in segmenter.state_dict().items()},
+            "classifier": {k: _compact(v) for k, v in classifier.state_dict().items()},
+            "metadata": metadata,
+        },
+        buffer,
+    )
+    data = buffer.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    return t.half() if t.is_floating_point() else t
+
+
+def load_bundle(path: Path, device: torch.device) -> ModelBundle:
+    data = path.read_bytes()
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    segmenter = build_segmenter()
+    classifier = build_classifier()
+    segmenter.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in payload["segmenter"].items()}
+    )
+    classifier.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in payload["classifier"].items()}
+    )
+    segmenter.to(device).eval()
+    classifier.to(device).eval()
+    return ModelBundle(segmenter, classifier, dict(payload["metadata"]), hashlib.sha256(data).hexdigest())
+
+
+def select_device(requested: str | None = None) -> torch.device:
+    """``requested`` ("cpu", "cuda", "cuda:1") or CUDA when present, else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

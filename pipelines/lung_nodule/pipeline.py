@@ -1,0 +1,300 @@
+"""LungNodulePipeline: CT volume in, nodule findings out (the node's worker and `ainode analyze` call this).
+
+Steps: applicability checks -> working grid (2 mm) -> lung mask -> 3D UNet (sliding window, batched tiles)
+-> connected components -> per candidate: mask back on the source grid, measurements, category from HU,
+malignancy + Grad-CAM from the 3D ResNet on a nodule-centred patch (candidates batched).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from monai.inferers.utils import sliding_window_inference
+from scipy import ndimage
+
+from pipelines.base import (
+    CTVolume,
+    Finding,
+    ModelIdentity,
+    NoduleCategory,
+    NotApplicable,
+    PipelineResult,
+    ResultStatus,
+    VoxelBox,
+)
+from pipelines.lung_nodule import config
+from pipelines.lung_nodule.gradcam import malignancy_with_gradcam
+from pipelines.lung_nodule.measure import largest_slice_axes
+from pipelines.lung_nodule.models import ModelBundle, load_bundle, select_device
+from pipelines.lung_nodule.preprocessing import WorkingGrid, bounding_box, lung_mask, to_working_grid, window
+
+PIPELINE_NAME = "lung-nodule"
+DETECTION_THRESHOLD_ENV = "AINODE_LUNG_NODULE_DETECTION_THRESHOLD"
+
+
+class LungNodulePipeline:
+    """Loads the weights once; ``run`` is called for every series."""
+
+    name = PIPELINE_NAME
+
+    def __init__(
+        self,
+        weights: Path = config.WEIGHTS_PATH,
+        device: str | None = None,
+        detection_threshold: float | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.device = select_device(device)
+        self.bundle: ModelBundle = load_bundle(weights, self.device)
+        meta = self.bundle.metadata
+        self.model = ModelIdentity(
+            name=str(meta.get("name", config.MODEL_NAME)),
+            version=str(meta.get("version", config.MODEL_VERSION)),
+            weights_sha256=self.bundle.sha256,
+        )
+        # Operating point chosen for recall on validation data (stored with the weights); overridable.
+        # Precedence: argument, environment (the node's workers), the bundle's stored value.
+        env = os.environ.get(DETECTION_THRESHOLD_ENV)
+        if detection_threshold is None and env:
+            detection_threshold = float(env)
+        self.detection_threshold = float(
+            detection_threshold
+            if detection_threshold is not None
+            else meta.get("detection_threshold", config.DEFAULT_DETECTION_THRESHOLD)
+        )
+
+    # --- the contract ----------------------------------------------------------------------------------
+
+    def run(self, volume: CTVolume) -> PipelineResult:
+        try:
+            findings, measurements, timings = self._analyse(volume)
+        except NotApplicable as exc:
+            return PipelineResult.not_applicable(self.name, self.model, exc.reason)
+        return PipelineResult(
+            pipeline=self.name,
+            status=ResultStatus.COMPLETED,
+            model=self.model,
+            findings=tuple(f for f in findings if f.detection_score >= self.detection_threshold),
+            measurements=measurements,
+            timings_s=timings,
+        )
+
+    def candidates(self, volume: CTVolume) -> list[Finding]:
+        """All candidates before the operating point (for FROC curves)."""
+        return self._analyse(volume)[0]
+
+    # --- steps -----------------------------------------------------------------------------------------
+
+    def _analyse(
+        self, volume: CTVolume
+    ) -> tuple[list[Finding], dict[str, float | int | str], dict[str, float]]:
+        timings: dict[str, float] = {}
+        check_applicable(volume)
+        t = time.perf_counter()
+        grid = WorkingGrid.for_source(volume.shape, volume.geometry.spacing_mm)
+        hu = to_working_grid(volume.hu, grid)
+        lungs = lung_mask(hu, grid.spacing)
+        lung_ml = float(lungs.sum()) * float(np.prod(grid.spacing)) / 1000.0
+        timings["preprocess"] = time.perf_counter() - t
+        if lung_ml < config.MIN_LUNG_VOLUME_ML:
+            raise NotApplicable(f"no lungs in view (aerated lung volume {lung_ml:.0f} ml)")
+
+        t = time.perf_counter()
+        margin = int(np.ceil(12.0 / config.WORKING_SPACING_MM))
+        box = bounding_box(lungs, margin)
+        assert box is not None  # lung_ml > 0
+        crop = tuple(slice(a, b) for a, b in zip(*box, strict=True))
+        probability = np.zeros(hu.shape, dtype=np.float32)
+        probability[crop] = self._segment(window(hu[crop]))
+        timings["segment"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        findings = self._findings(volume, grid, hu, lungs, probability)
+        timings["classify"] = time.perf_counter() - t
+        measurements: dict[str, float | int | str] = {
+            "lung_volume_ml": round(lung_ml, 1),
+            "candidates": len(findings),
+            "detection_threshold": self.detection_threshold,
+            "device": self.device.type,
+        }
+        return findings, measurements, timings
+
+    def _segment(self, image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        x = torch.from_numpy(image)[None, None].to(self.device)
+        with torch.no_grad(), _autocast(self.device):
+            logits = sliding_window_inference(
+                x, roi_size=config.SEG_ROI, sw_batch_size=2, predictor=self.bundle.segmenter, overlap=0.25
+            )
+        assert isinstance(logits, torch.Tensor)
+        return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+
+    def _findings(
+        self,
+        volume: CTVolume,
+        grid: WorkingGrid,
+        hu: npt.NDArray[np.float32],
+        lungs: npt.NDArray[np.bool_],
+        probability: npt.NDArray[np.float32],
+    ) -> list[Finding]:
+        binary = probability > config.SEGMENTATION_THRESHOLD
+        labels, n = ndimage.label(binary)
+        if n == 0:
+            return []
+        near_lung = ndimage.binary_dilation(lungs, iterations=2)
+        voxel_mm3 = float(np.prod(grid.spacing))
+        components = []
+        for index, sl in enumerate(ndimage.find_objects(labels), start=1):
+            if sl is None:
+                continue
+            comp = labels[sl] == index
+            if comp.sum() * voxel_mm3 < config.MIN_CANDIDATE_VOLUME_MM3 or not (near_lung[sl] & comp).any():
+                continue  # too small to measure, or outside the lungs (false-positive reduction)
+            score = float(probability[sl][comp].max())
+            centre = np.argwhere(comp).mean(axis=0) + [s.start for s in sl]
+            components.append((score, index, sl, centre))
+        components.sort(key=lambda c: -c[0])
+        if not components:
+            return []
+        # Malignancy + Grad-CAM for all candidates in one batch.
+        half = np.array(config.CLS_PATCH) // 2
+        windowed = window(hu)
+        patches = []
+        for _, index, _, centre in components:
+            c = np.round(centre).astype(int)
+            patches.append(
+                np.stack(
+                    [_crop(windowed, c, half, 0.0), _crop((labels == index).astype(np.float32), c, half, 0.0)]
+                )
+            )
+        probs, cams = malignancy_with_gradcam(
+            self.bundle.classifier, torch.from_numpy(np.stack(patches)).to(self.device)
+        )
+
+        findings: list[Finding] = []
+        for (score, index, sl, centre), prob, cam in zip(components, probs, cams, strict=True):
+            finding = self._to_source(
+                volume, grid, probability, labels == index, sl, centre, score, prob, cam, half
+            )
+            if finding is not None:
+                findings.append(finding)
+        return [
+            Finding(**{**f.__dict__, "number": i})
+            for i, f in enumerate(findings, start=1)  # renumber after drops
+        ]
+
+    def _to_source(
+        self,
+        volume: CTVolume,
+        grid: WorkingGrid,
+        probability: npt.NDArray[np.float32],
+        component: npt.NDArray[np.bool_],
+        sl: tuple[slice, ...],
+        centre_w: npt.NDArray[np.float64],
+        score: float,
+        malignancy: float,
+        cam: npt.NDArray[np.float32],
+        half: npt.NDArray[np.int64],
+    ) -> Finding | None:
+        """Resample the candidate's probability and Grad-CAM onto its box on the source grid."""
+        start_w = np.array([s.start for s in sl]) - 1
+        stop_w = np.array([s.stop for s in sl]) + 1
+        start = np.maximum(0, np.floor(grid.to_source(start_w)).astype(int))
+        stop = np.minimum(volume.shape, np.ceil(grid.to_source(stop_w)).astype(int) + 1)
+        zz, yy, xx = np.meshgrid(*(np.arange(a, b) for a, b in zip(start, stop, strict=True)), indexing="ij")
+        src = np.stack([zz, yy, xx], axis=-1).astype(np.float64)
+        working = grid.to_working(src)
+        comp_prob = np.where(ndimage.binary_dilation(component, iterations=1), probability, 0.0)
+        p = ndimage.map_coordinates(comp_prob, working.reshape(-1, 3).T, order=1, mode="constant", cval=0.0)
+        mask = p.reshape(zz.shape) > config.SEGMENTATION_THRESHOLD
+        if not mask.any():  # a candidate thinner than a source voxel: keep its centre voxel
+            c = np.clip(np.round(grid.to_source(centre_w)).astype(int) - start, 0, np.array(zz.shape) - 1)
+            mask[tuple(c)] = True
+        cam_coords = (working - (np.round(centre_w) - half)).reshape(-1, 3).T
+        cam_src = ndimage.map_coordinates(cam, cam_coords, order=1, mode="nearest").reshape(zz.shape)
+        box = VoxelBox(tuple(int(v) for v in start), tuple(int(v) for v in stop))  # type: ignore[arg-type]
+        spacing = volume.geometry.spacing_mm
+        idx = np.argwhere(mask).mean(axis=0) + start
+        long_axis, short_axis = largest_slice_axes(mask, spacing)
+        hu_in = volume.hu[box.slices()][mask]
+        return Finding(
+            number=0,
+            centre_mm=tuple(float(v) for v in volume.geometry.voxel_to_patient(idx)),  # type: ignore[arg-type]
+            long_axis_mm=long_axis,
+            short_axis_mm=short_axis,
+            volume_mm3=float(mask.sum()) * float(np.prod(spacing)),
+            box=box,
+            mask=mask,
+            malignancy_probability=float(np.clip(malignancy, 0.0, 1.0)),
+            detection_score=score,
+            gradcam=np.clip(cam_src, 0.0, 1.0).astype(np.float32),
+            category=categorise(hu_in),
+        )
+
+
+def categorise(hu: npt.NDArray[np.float32]) -> NoduleCategory | None:
+    """Category from the HU inside the mask (a rule, not a learned output; see MODEL_CARD.md)."""
+    if hu.size == 0:
+        return None
+    if float(np.mean(hu > 200.0)) >= 0.10:
+        return NoduleCategory.CALCIFIED
+    solid = float(np.mean(hu > -300.0))
+    if solid < 0.2:
+        return NoduleCategory.GROUND_GLASS
+    if solid < 0.7:
+        return NoduleCategory.PART_SOLID
+    return NoduleCategory.SOLID
+
+
+def check_applicable(volume: CTVolume) -> None:
+    info = volume.info
+    if info.modality != "CT":
+        raise NotApplicable(f"modality is {info.modality or 'missing'}, not CT")
+    if any(t.upper() == "LOCALIZER" for t in info.image_type):
+        raise NotApplicable("the series is a localizer (scout), not a cross-sectional CT")
+    n = volume.shape[0]
+    extent = (n - 1) * volume.geometry.spacing_mm[0]
+    if n < config.MIN_SLICES or extent < config.MIN_Z_EXTENT_MM:
+        raise NotApplicable(
+            f"too few slices: {n} slices covering {extent:.0f} mm "
+            f"(needs >= {config.MIN_SLICES} slices and >= {config.MIN_Z_EXTENT_MM:.0f} mm)"
+        )
+    thickness = max(volume.geometry.spacing_mm[0], info.slice_thickness_mm or 0.0)
+    if thickness > config.MAX_SLICE_SPACING_MM:
+        raise NotApplicable(
+            f"slices too thick: {thickness:.1f} mm (at most {config.MAX_SLICE_SPACING_MM:.0f} mm)"
+        )
+
+
+def _crop(
+    volume: npt.NDArray[np.float32], centre: npt.NDArray[np.int64], half: npt.NDArray[np.int64], fill: float
+) -> npt.NDArray[np.float32]:
+    out = np.full(tuple(2 * half), fill, dtype=np.float32)
+    src = [
+        slice(max(0, int(c - h)), min(n, int(c + h)))
+        for c, h, n in zip(centre, half, volume.shape, strict=True)
+    ]
+    dst = [
+        slice(s.start - int(c - h), s.stop - int(c - h)) for s, c, h in zip(src, centre, half, strict=True)
+    ]
+    if all(s.stop > s.start for s in src):
+        out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+@contextmanager
+def _autocast(device: torch.device) -> Iterator[None]:
+    """Mixed precision on CUDA only; CPU stays float32 (bf16 autocast on CPU is slower and less exact)."""
+    if device.type == "cuda":
+        with torch.autocast(device_type="cuda", dtype=torch.float16):
+            yield
+    else:
+        yield

