@@ -187,9 +187,7 @@ class Finding:
         if self.gradcam is not None and self.gradcam.shape != self.box.shape:
             raise ValueError(f"Grad-CAM shape {self.gradcam.shape} != box shape {self.box.shape}")
         if self.probability_map is not None and self.probability_map.shape != self.box.shape:
-            raise ValueError(
-                f"probability map shape {self.probability_map.shape} != box shape {self.box.shape}"
-            )
+            raise ValueError(f"probability map shape {self.probability_map.shape} != box shape {self.box.shape}")
         if not 0.0 <= self.malignancy_probability <= 1.0:
             raise ValueError(f"malignancy probability {self.malignancy_probability} outside [0, 1]")
 

@@ -179,9 +179,7 @@ def _check_applicable(datasets: list[Dataset], info: SeriesInfo) -> None:
             raise NotApplicable("colour images (SamplesPerPixel > 1) are not CT slices")
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if frames > 1 and str(ds.SOPClassUID) not in MULTI_FRAME_CT_CLASSES:
-            raise NotApplicable(
-                f"multi-frame object of SOP class {ds.SOPClassUID} without CT functional groups"
-            )
+            raise NotApplicable(f"multi-frame object of SOP class {ds.SOPClassUID} without CT functional groups")
 
 
 # --- frames and their geometry --------------------------------------------------------------------------

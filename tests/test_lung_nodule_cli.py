@@ -33,3 +33,21 @@ def test_analyze_reports_loader_refusals(tmp_path: Path) -> None:
     assert main(["analyze", str(tmp_path / "series"), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["status"] == "not_applicable" and "not CT" in result["reason"]
+
+
+def test_analyze_dicom_out_writes_valid_results_for_the_philips_series(tmp_path: Path) -> None:
+    import pydicom
+
+    from tests.dciodvfy import dciodvfy
+
+    series = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct" / "philips-chest-64" / "dicom"
+    out = tmp_path / "dicom"
+    assert main(["analyze", str(series), "--json", str(tmp_path / "r.json"), "--dicom-out", str(out)]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    files = sorted(out.glob("*.dcm"))
+    modalities = sorted(pydicom.dcmread(f, stop_before_pixels=True).Modality for f in files)
+    # One SR always; with findings, one SEG and one Grad-CAM SC per nodule.
+    expected = ["SR"] + (["SEG"] + ["OT"] * len(result["findings"]) if result["findings"] else [])
+    assert modalities == sorted(expected)
+    for f in files:
+        assert dciodvfy(f).errors == [], f.name

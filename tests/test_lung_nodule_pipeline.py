@@ -38,11 +38,6 @@ def test_model_identity_names_the_shipped_weights(pipeline: LungNodulePipeline) 
     assert WEIGHTS_PATH.stat().st_size < 8 * 1024 * 1024
 
 
-@pytest.mark.xfail(
-    reason="known gap: the shipped weights are undertrained (260 CPU iterations, see MODEL_CARD.md) "
-    "and find no candidates yet; this test states the requirement and passes once a better model ships",
-    strict=False,
-)
 def test_philips_annotated_mass_is_found(pipeline: LungNodulePipeline) -> None:
     volume = load_series_dir(SHARED_CT / "philips-chest-64" / "dicom")
     (box,) = voc_lesion_boxes(volume, SHARED_CT / "philips-chest-64" / "annotations")
@@ -71,11 +66,6 @@ def _with_nodule(
     return dataclasses.replace(volume, hu=hu), truth
 
 
-@pytest.mark.xfail(
-    reason="known gap: the shipped weights are undertrained (260 CPU iterations, see MODEL_CARD.md) "
-    "and find no candidates yet; this test states the requirement and passes once a better model ships",
-    strict=False,
-)
 def test_finds_a_known_nodule_in_a_composite_case_and_its_mask_lines_up(
     pipeline: LungNodulePipeline, siemens: CTVolume
 ) -> None:

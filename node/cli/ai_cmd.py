@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
     analyze.add_argument("--series-uid", help="which series, when the folder holds several")
     analyze.add_argument("--pipeline", default="lung-nodule")
     analyze.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    # The DICOM encoders' --dicom-out (SEG/SR/SC next to the JSON) is wired here by the lead.
+    analyze.add_argument("--dicom-out", type=Path, help="also write the SEG, SR and Grad-CAM SC files here")
     analyze.set_defaults(func=_analyze)
 
     train = subparsers.add_parser("train", help="train the lung-nodule models (composite data)")
@@ -52,6 +52,8 @@ def _analyze(args: argparse.Namespace) -> int:
         load_s = time.perf_counter() - t
         result = pipeline.run(volume)
         result.timings_s["load"] = load_s
+        if args.dicom_out:
+            _write_dicom(result, volume, args)
     text = json.dumps(result.summary(), indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,26 @@ def _analyze(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text + "\n")
     return 0
+
+
+def _write_dicom(result: Any, volume: Any, args: argparse.Namespace) -> None:
+    """The same encoding the node's worker does, into a folder (offline use, checks, demos)."""
+    import pydicom
+
+    from node.encode import encode_results, write_results
+
+    wanted = {s.sop_instance_uid for s in volume.slices}
+    sources = []
+    for path in sorted(p for p in args.series_dir.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception:  # not DICOM: the loader skipped it too
+            continue
+        if str(ds.get("SOPInstanceUID", "")) in wanted:
+            sources.append(ds)
+    datasets = encode_results(result, volume, sources, uid_seed=f"analyze/{volume.info.series_instance_uid}")
+    for path in write_results(datasets, args.dicom_out):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:

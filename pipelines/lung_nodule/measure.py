@@ -29,9 +29,7 @@ def axes_mm(mask2d: npt.NDArray[np.bool_], row_spacing: float, col_spacing: floa
     return long_axis, float(proj.max() - proj.min())
 
 
-def largest_slice_axes(
-    mask: npt.NDArray[np.bool_], spacing: tuple[float, float, float]
-) -> tuple[float, float]:
+def largest_slice_axes(mask: npt.NDArray[np.bool_], spacing: tuple[float, float, float]) -> tuple[float, float]:
     areas = mask.sum(axis=(1, 2))
     k = int(np.argmax(areas))
     return axes_mm(mask[k], spacing[1], spacing[2])

@@ -88,9 +88,7 @@ def roc_auc(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
-def roc_curve(
-    labels: npt.ArrayLike, scores: npt.ArrayLike
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+def roc_curve(labels: npt.ArrayLike, scores: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     y = np.asarray(labels, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     thresholds = np.r_[np.inf, np.sort(np.unique(s))[::-1]]

@@ -28,7 +28,9 @@ def build_segmenter() -> torch.nn.Module:
         channels=SEGMENTER_CHANNELS,
         strides=(2, 2, 2),
         num_res_units=1,
-        norm="batch",
+        # Instance norm: training batches are a handful of patches, where batch statistics are noise and
+        # the running averages used at inference disagree with training (probabilities never cleared 0.5).
+        norm="instance",
     )
 
 
@@ -55,9 +57,7 @@ class ModelBundle:
     sha256: str = ""
 
 
-def save_bundle(
-    path: Path, segmenter: torch.nn.Module, classifier: torch.nn.Module, metadata: dict[str, Any]
-) -> str:
+def save_bundle(path: Path, segmenter: torch.nn.Module, classifier: torch.nn.Module, metadata: dict[str, Any]) -> str:
     """Write the bundle (half-precision weights keep it small) and return its SHA-256."""
     buffer = io.BytesIO()
     torch.save(
@@ -83,12 +83,8 @@ def load_bundle(path: Path, device: torch.device) -> ModelBundle:
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     segmenter = build_segmenter()
     classifier = build_classifier()
-    segmenter.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in payload["segmenter"].items()}
-    )
-    classifier.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in payload["classifier"].items()}
-    )
+    segmenter.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["segmenter"].items()})
+    classifier.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["classifier"].items()})
     segmenter.to(device).eval()
     classifier.to(device).eval()
     return ModelBundle(segmenter, classifier, dict(payload["metadata"]), hashlib.sha256(data).hexdigest())

@@ -51,8 +51,10 @@ class LungNodulePipeline:
         detection_threshold: float | None = None,
         threads: int | None = None,
     ) -> None:
+        threads = threads or int(os.environ.get("AINODE_TORCH_THREADS", "0")) or None
         if threads is not None:
             torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)  # denormal activations make CPU convolutions many times slower
         self.device = select_device(device)
         self.bundle: ModelBundle = load_bundle(weights, self.device)
         meta = self.bundle.metadata
@@ -94,9 +96,7 @@ class LungNodulePipeline:
 
     # --- steps -----------------------------------------------------------------------------------------
 
-    def _analyse(
-        self, volume: CTVolume
-    ) -> tuple[list[Finding], dict[str, float | int | str], dict[str, float]]:
+    def _analyse(self, volume: CTVolume) -> tuple[list[Finding], dict[str, float | int | str], dict[str, float]]:
         timings: dict[str, float] = {}
         check_applicable(volume)
         t = time.perf_counter()
@@ -171,9 +171,7 @@ class LungNodulePipeline:
         for _, index, _, centre in components:
             c = np.round(centre).astype(int)
             patches.append(
-                np.stack(
-                    [_crop(windowed, c, half, 0.0), _crop((labels == index).astype(np.float32), c, half, 0.0)]
-                )
+                np.stack([_crop(windowed, c, half, 0.0), _crop((labels == index).astype(np.float32), c, half, 0.0)])
             )
         probs, cams = malignancy_with_gradcam(
             self.bundle.classifier, torch.from_numpy(np.stack(patches)).to(self.device)
@@ -181,9 +179,7 @@ class LungNodulePipeline:
 
         findings: list[Finding] = []
         for (score, index, sl, centre), prob, cam in zip(components, probs, cams, strict=True):
-            finding = self._to_source(
-                volume, grid, probability, labels == index, sl, centre, score, prob, cam, half
-            )
+            finding = self._to_source(volume, grid, probability, labels == index, sl, centre, score, prob, cam, half)
             if finding is not None:
                 findings.append(finding)
         return [
@@ -269,22 +265,15 @@ def check_applicable(volume: CTVolume) -> None:
         )
     thickness = max(volume.geometry.spacing_mm[0], info.slice_thickness_mm or 0.0)
     if thickness > config.MAX_SLICE_SPACING_MM:
-        raise NotApplicable(
-            f"slices too thick: {thickness:.1f} mm (at most {config.MAX_SLICE_SPACING_MM:.0f} mm)"
-        )
+        raise NotApplicable(f"slices too thick: {thickness:.1f} mm (at most {config.MAX_SLICE_SPACING_MM:.0f} mm)")
 
 
 def _crop(
     volume: npt.NDArray[np.float32], centre: npt.NDArray[np.int64], half: npt.NDArray[np.int64], fill: float
 ) -> npt.NDArray[np.float32]:
     out = np.full(tuple(2 * half), fill, dtype=np.float32)
-    src = [
-        slice(max(0, int(c - h)), min(n, int(c + h)))
-        for c, h, n in zip(centre, half, volume.shape, strict=True)
-    ]
-    dst = [
-        slice(s.start - int(c - h), s.stop - int(c - h)) for s, c, h in zip(src, centre, half, strict=True)
-    ]
+    src = [slice(max(0, int(c - h)), min(n, int(c + h))) for c, h, n in zip(centre, half, volume.shape, strict=True)]
+    dst = [slice(s.start - int(c - h), s.stop - int(c - h)) for s, c, h in zip(src, centre, half, strict=True)]
     if all(s.stop > s.start for s in src):
         out[tuple(dst)] = volume[tuple(src)]
     return out

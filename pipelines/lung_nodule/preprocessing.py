@@ -37,8 +37,7 @@ class WorkingGrid:
         spacing_mm: float = WORKING_SPACING_MM,
     ) -> WorkingGrid:
         shape = tuple(
-            max(2, round((n - 1) * s / spacing_mm) + 1)
-            for n, s in zip(source_shape, source_spacing, strict=True)
+            max(2, round((n - 1) * s / spacing_mm) + 1) for n, s in zip(source_shape, source_spacing, strict=True)
         )
         return cls(source_shape, source_spacing, shape)  # type: ignore[arg-type]  # tuple of 3 from 3 axes
 

@@ -85,9 +85,7 @@ def _rasterise(contours: list[tuple[float, str, int]]) -> npt.NDArray[np.float32
     zs = sorted({round(float(z), 2) for z, _, _ in contours})
     if len(zs) < 2:
         return None  # nodules < 3 mm are marked by a point or one small contour: too small to learn from
-    points = [
-        np.array([[int(v) for v in p.split(",")] for p in c.strip().split("\n")]) for _, c, _ in contours
-    ]
+    points = [np.array([[int(v) for v in p.split(",")] for p in c.strip().split("\n")]) for _, c, _ in contours]
     allp = np.concatenate(points)
     x0, y0 = allp.min(axis=0) - 2
     x1, y1 = allp.max(axis=0) + 3
@@ -123,9 +121,7 @@ def procedural_shape(rng: np.random.Generator, diameter_mm: float) -> NoduleShap
         NoduleCategory.PART_SOLID,
         NoduleCategory.GROUND_GLASS,
     ]
-    return NoduleShape(
-        occ.astype(np.float32), (1.0, 1.0, 1.0), None, cats[int(rng.integers(len(cats)))], "procedural"
-    )
+    return NoduleShape(occ.astype(np.float32), (1.0, 1.0, 1.0), None, cats[int(rng.integers(len(cats)))], "procedural")
 
 
 def render_alpha(
@@ -158,9 +154,7 @@ def blend(
 ) -> npt.NDArray[np.bool_]:
     """Blend a nodule into ``hu`` in place with its corner at ``corner``; return its label (alpha > 0.5)."""
     region = tuple(slice(max(0, c), c + n) for c, n in zip(corner, alpha.shape, strict=True))
-    a_region = tuple(
-        slice(max(0, -c), max(0, -c) + (r.stop - r.start)) for c, r in zip(corner, region, strict=True)
-    )
+    a_region = tuple(slice(max(0, -c), max(0, -c) + (r.stop - r.start)) for c, r in zip(corner, region, strict=True))
     bg = hu[region]
     a = alpha[a_region][tuple(slice(0, n) for n in bg.shape)]
     noise = ndimage.gaussian_filter(rng.normal(0, 1, a.shape), 0.7).astype(np.float32) * rng.uniform(20, 60)
@@ -198,9 +192,7 @@ class Background:
     forbidden: npt.NDArray[np.bool_]  # voxels near real lesions: never sampled as "no nodule"
 
 
-def make_background(
-    name: str, volume: CTVolume, lesion_boxes: list[tuple[slice, slice, slice]]
-) -> Background:
+def make_background(name: str, volume: CTVolume, lesion_boxes: list[tuple[slice, slice, slice]]) -> Background:
     grid = WorkingGrid.for_source(volume.shape, volume.geometry.spacing_mm)
     hu = to_working_grid(volume.hu, grid)
     lungs = lung_mask(hu, grid.spacing)
@@ -209,8 +201,7 @@ def make_background(
     for box in lesion_boxes:  # source-grid boxes to working grid, with a 20 mm margin
         m = int(np.ceil(20.0 / grid.spacing[1]))
         sl = tuple(
-            slice(max(0, int(s.start * f) - m), int(np.ceil(s.stop * f)) + m)
-            for s, f in zip(box, scale, strict=True)
+            slice(max(0, int(s.start * f) - m), int(np.ceil(s.stop * f)) + m) for s, f in zip(box, scale, strict=True)
         )
         forbidden[sl] = True
     return Background(name, hu, lungs, grid.spacing, float(volume.geometry.spacing_mm[0]), forbidden)
@@ -296,9 +287,7 @@ def lung_bbox_slices(lungs: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice]
 @dataclass
 class CompositeScan:
     volume: CTVolume
-    nodules: list[
-        tuple[npt.NDArray[np.bool_], bool | None, NoduleCategory]
-    ]  # source-grid mask, label, category
+    nodules: list[tuple[npt.NDArray[np.bool_], bool | None, NoduleCategory]]  # source-grid mask, label, category
 
 
 def composite_scan(

