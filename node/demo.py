@@ -181,7 +181,7 @@ def _wait_for_results(
     while time.monotonic() < deadline:
         jobs = service.db.query("SELECT state, reason FROM jobs WHERE study_uid = ?", (study_uid,))
         deliveries = service.db.query(
-            "SELECT state, last_error FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE j.study_uid = ?",
+            "SELECT d.state, d.last_error FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE j.study_uid = ?",
             (study_uid,),
         )
         states = sorted({j["state"] for j in jobs})

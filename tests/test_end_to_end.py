@@ -143,7 +143,8 @@ def test_destination_refusing_the_node_goes_to_dead_letter_at_once(tmp_path: Pat
         rows = _deliveries(node)
         assert all(r["state"] == "dead" for r in rows)
         assert all(r["attempts"] == 1 for r in rows), "a permanent refusal must not be retried"
-        assert all("reject" in r["last_error"].lower() for r in rows), rows[0]["last_error"]
+        # The reason names the calling AE the PACS refuses, so the operator knows what to configure.
+        assert all("refuses to store from calling AE 'AINODE'" in r["last_error"] for r in rows), rows[0]["last_error"]
         listing = subprocess.run(
             [sys.executable, "-m", "node", "deliveries", "--config", str(node.config_path), "--state", "dead"],
             capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
