@@ -31,6 +31,9 @@ MIN_LUNG_VOLUME_ML = 200.0
 # Candidate generation.
 SEGMENTATION_THRESHOLD = 0.5
 MIN_CANDIDATE_VOLUME_MM3 = 20.0  # ~3.4 mm sphere
+# Longer than the largest lung masses (the Philips adenocarcinoma is ~70 mm): such components are vessels,
+# airway walls or the heart border, and their per-candidate work dominated the run time.
+MAX_CANDIDATE_EXTENT_MM = 100.0
 # Default operating points; the trained bundle stores the ones chosen on validation (recall first).
 DEFAULT_DETECTION_THRESHOLD = 0.5
 DEFAULT_MALIGNANCY_THRESHOLD = 0.5

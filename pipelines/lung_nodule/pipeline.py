@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -158,6 +159,9 @@ class LungNodulePipeline:
             comp = labels[sl] == index
             if comp.sum() * voxel_mm3 < config.MIN_CANDIDATE_VOLUME_MM3 or not (near_lung[sl] & comp).any():
                 continue  # too small to measure, or outside the lungs (false-positive reduction)
+            extent_mm = max((s.stop - s.start) * d for s, d in zip(sl, grid.spacing, strict=True))
+            if extent_mm > config.MAX_CANDIDATE_EXTENT_MM:
+                continue  # longer than any lung mass: vessels, airway walls, the heart border
             score = float(probability[sl][comp].max())
             centre = np.argwhere(comp).mean(axis=0) + [s.start for s in sl]
             components.append((score, index, sl, centre))
@@ -171,7 +175,7 @@ class LungNodulePipeline:
         for _, index, _, centre in components:
             c = np.round(centre).astype(int)
             patches.append(
-                np.stack([_crop(windowed, c, half, 0.0), _crop((labels == index).astype(np.float32), c, half, 0.0)])
+                np.stack([_crop(windowed, c, half, 0.0), (_crop(labels, c, half, 0.0) == index).astype(np.float32)])
             )
         probs, cams = malignancy_with_gradcam(
             self.bundle.classifier, torch.from_numpy(np.stack(patches)).to(self.device)
@@ -206,10 +210,16 @@ class LungNodulePipeline:
         start = np.maximum(0, np.floor(grid.to_source(start_w)).astype(int))
         stop = np.minimum(volume.shape, np.ceil(grid.to_source(stop_w)).astype(int) + 1)
         zz, yy, xx = np.meshgrid(*(np.arange(a, b) for a, b in zip(start, stop, strict=True)), indexing="ij")
-        src = np.stack([zz, yy, xx], axis=-1).astype(np.float64)
+        src = np.stack([zz, yy, xx], axis=-1).astype(np.float32)
         working = grid.to_working(src)
-        comp_prob = np.where(ndimage.binary_dilation(component, iterations=1), probability, 0.0)
-        p = ndimage.map_coordinates(comp_prob, working.reshape(-1, 3).T, order=1, mode="constant", cval=0.0)
+        # Only the component's own neighbourhood of the working grid: whole-volume copies per candidate
+        # made a 300-slice series with many candidates take 7 GiB.
+        lo = np.maximum(0, start_w - 1)
+        hi = np.minimum(probability.shape, stop_w + 2)
+        crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        near = ndimage.binary_dilation(component[crop], iterations=1)
+        comp_prob = np.where(near, probability[crop], 0.0).astype(np.float32)
+        p = ndimage.map_coordinates(comp_prob, (working - lo).reshape(-1, 3).T, order=1, mode="constant", cval=0.0)
         mask = p.reshape(zz.shape) > config.SEGMENTATION_THRESHOLD
         if not mask.any():  # a candidate thinner than a source voxel: keep its centre voxel
             c = np.clip(np.round(grid.to_source(centre_w)).astype(int) - start, 0, np.array(zz.shape) - 1)
@@ -269,7 +279,7 @@ def check_applicable(volume: CTVolume) -> None:
 
 
 def _crop(
-    volume: npt.NDArray[np.float32], centre: npt.NDArray[np.int64], half: npt.NDArray[np.int64], fill: float
+    volume: npt.NDArray[Any], centre: npt.NDArray[np.int64], half: npt.NDArray[np.int64], fill: float
 ) -> npt.NDArray[np.float32]:
     out = np.full(tuple(2 * half), fill, dtype=np.float32)
     src = [slice(max(0, int(c - h)), min(n, int(c + h))) for c, h, n in zip(centre, half, volume.shape, strict=True)]
