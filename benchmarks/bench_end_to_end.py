@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-        study = make_thin_slice_series(Path(tmp) / "ct", args.slices)
+        study = Path(tmp) / "ct"
+        make_thin_slice_series(study, args.slices)
         report = run_demo(study, Path(tmp) / "site", timeout_s=1200)
         print_report(report)
         t = report.timings_s

@@ -169,7 +169,10 @@ def run_demo(
 
 
 def _orthanc_study_id(orthanc: LocalOrthanc, study_uid: str) -> str:
-    found = orthanc.post("/tools/lookup", study_uid) if study_uid else []
+    if not study_uid:
+        return ""
+    response = httpx.post(f"{orthanc.url}/tools/lookup", content=study_uid, timeout=30)  # plain-text body
+    found = response.json() if response.status_code == 200 else []
     return str(found[0]["ID"]) if found else ""
 
 

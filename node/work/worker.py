@@ -60,6 +60,12 @@ class Worker:
 
     def run_forever(self) -> None:
         log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
+        # Load the routed pipelines' models now, not on the first job: a job's latency then excludes it.
+        for name in sorted({p for route in self.config.routes for p in route.pipelines}):
+            try:
+                self.pipeline(name)
+            except Exception as exc:  # a broken pipeline fails its jobs with the reason; the worker stays up
+                log.error("pipeline_load_failed", pipeline=name, reason=f"{type(exc).__name__}: {exc}")
         while not self._stop.is_set():
             if not self.run_one():
                 self._stop.wait(IDLE_POLL_S)
