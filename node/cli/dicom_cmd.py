@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time: `ainode status` need not load pynetdicom
+    from node.export.dimse import DimseDestination
 
 
-def _destination(args: argparse.Namespace):  # type: ignore[no-untyped-def]  # returns DimseDestination, imported lazily
+def _destination(args: argparse.Namespace) -> DimseDestination:
     from node.export.destinations import DimseDestinationConfig
     from node.export.dimse import DimseDestination
 

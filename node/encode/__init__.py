@@ -7,8 +7,7 @@ a half-written result behind.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from node.encode.gradcam_sc import encode_sc
 from node.encode.seg import encode_seg
 from node.encode.sr import encode_sr
 from node.errors import EncodeError
+from node.store.spool import write_durably
 from pipelines.base import CTVolume, PipelineResult, ResultStatus
 
 __all__ = ["EncodeError", "encode_results", "write_results"]
@@ -113,15 +113,8 @@ def write_results(datasets: Sequence[pydicom.Dataset], out_dir: Path) -> list[Pa
         if not pydicom.uid.UID(uid).is_valid:
             raise EncodeError(f"refusing to write a dataset with an invalid SOP Instance UID {uid!r}")
         target = out_dir / f"{uid}.dcm"
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=out_dir)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                ds.save_as(fh, enforce_file_format=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        write_durably(target, [buffer.getvalue()], temp_dir=out_dir)
         paths.append(target)
     return paths

@@ -38,19 +38,7 @@ class Spool:
 
     def write_atomically(self, final_path: Path, chunks: list[bytes]) -> None:
         """temp file → fsync → rename → fsync(directory). Returns only once the file is durable."""
-        final_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.incoming, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_name, final_path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        fsync_directory(final_path.parent)
+        write_durably(final_path, chunks, temp_dir=self.incoming)
 
     def clear_incoming(self) -> int:
         """Remove temp files left by a crash (never acknowledged, so never promised to anyone)."""
@@ -65,6 +53,24 @@ class Spool:
 
     def iter_instance_files(self) -> list[Path]:
         return [p for p in self.root.glob("*/*/*.dcm") if p.is_file()]
+
+
+def write_durably(final_path: Path, chunks: list[bytes], *, temp_dir: Path) -> None:
+    """The one way the node writes a file it promises to keep: temp file in ``temp_dir`` (same file
+    system) → fsync → rename → fsync(directory). A crash leaves either the old file or the new one."""
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=temp_dir, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, final_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    fsync_directory(final_path.parent)
 
 
 def fsync_directory(folder: Path) -> None:
