@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from node.netutil import free_port, nodelay_env, port_open, wait_until
+from node.netutil import free_port, nodelay_env, port_open, stop_process, wait_until
 
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -111,13 +111,7 @@ class LocalOrthanc:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=15)
         self.process = None
 
     def __enter__(self) -> LocalOrthanc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -38,3 +39,15 @@ def nodelay_env() -> dict[str, str]:
     """Environment for DCMTK tools and Orthanc: Debian's DCMTK leaves Nagle on unless TCP_NODELAY=1,
     and every C-STORE then stalls on a delayed ACK (~50 ms per instance)."""
     return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 15) -> None:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL: how the demo and the tests stop their peers."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

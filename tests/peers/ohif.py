@@ -22,6 +22,7 @@ from types import TracebackType
 
 import httpx
 
+from node.netutil import stop_process
 from tests.peers.net import free_port, port_open, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,13 +167,7 @@ class OhifServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=15)
         self.process = None
 
     def __enter__(self) -> OhifServer:

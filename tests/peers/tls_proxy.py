@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
+from node.netutil import stop_process
 from tests.peers.net import free_port, port_open, wait_until
 
 NGINX_BIN = "/usr/sbin/nginx"
@@ -74,13 +75,7 @@ http {{
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=10)
         self.process = None
 
     def __enter__(self) -> TlsProxy:
