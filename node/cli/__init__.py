@@ -32,9 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from node.errors import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        # A bad config stops every command the same way: the field and the reason, exit 2, no traceback.
+        print(f"ainode: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -7,15 +7,10 @@ import json
 import sys
 
 from node.cli.serve_cmd import add_config_arguments, open_index
-from node.errors import ConfigError
 
 
 def _deliveries(args: argparse.Namespace) -> int:
-    try:
-        db = open_index(args)
-    except ConfigError as exc:
-        print(f"ainode: {exc}", file=sys.stderr)
-        return 2
+    db = open_index(args)
     where, params = ("WHERE d.state = ?", (args.state,)) if args.state else ("", ())
     rows = [
         dict(r)
@@ -44,11 +39,7 @@ def _deliveries(args: argparse.Namespace) -> int:
 def _retry(args: argparse.Namespace) -> int:
     from node.export.outbox import retry_delivery
 
-    try:
-        db = open_index(args)
-    except ConfigError as exc:
-        print(f"ainode: {exc}", file=sys.stderr)
-        return 2
+    db = open_index(args)
     failed = [i for i in args.ids if not retry_delivery(db, i)]
     for i in args.ids:
         if i not in failed:

@@ -51,20 +51,16 @@ def _serve(args: argparse.Namespace) -> int:
     from node.logging_setup import configure_logging
     from node.service import NodeService
 
-    try:
-        dicom: dict[str, Any] = {"ae_title": args.aet, "port": args.port, "bind_address": args.bind}
-        allowed = _parse_allow(args.allow)
-        if allowed is not None:
-            dicom["allowed_callers"] = allowed
-        extra: dict[str, dict[str, Any]] = {"dicom": dicom, "workers": {"processes": args.workers}}
-        if args.http_port is not None:  # --http-port N also turns the HTTP API on
-            extra["http"] = {"port": args.http_port, "enabled": True}
-        config = config_from_args(args, extra)
-        configure_logging(config.logging.level, config.logging.format)
-        service = NodeService(config)
-    except ConfigError as exc:
-        print(f"ainode: {exc}", file=sys.stderr)
-        return 2
+    dicom: dict[str, Any] = {"ae_title": args.aet, "port": args.port, "bind_address": args.bind}
+    allowed = _parse_allow(args.allow)
+    if allowed is not None:
+        dicom["allowed_callers"] = allowed
+    extra: dict[str, dict[str, Any]] = {"dicom": dicom, "workers": {"processes": args.workers}}
+    if args.http_port is not None:  # --http-port N also turns the HTTP API on
+        extra["http"] = {"port": args.http_port, "enabled": True}
+    config = config_from_args(args, extra)  # a ConfigError here is reported by node.cli.main
+    configure_logging(config.logging.level, config.logging.format)
+    service = NodeService(config)
     if not config.dicom.allowed_callers and not config.dicom.accept_any_caller:
         print(
             "ainode: warning: dicom.allowed_callers is empty: every association will be rejected "
@@ -86,11 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.file)
-    except ConfigError as exc:
-        print(f"ainode: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.file)
     print(
         f"{args.file}: OK (AE {config.dicom.ae_title} on port {config.dicom.port}, "
         f"{len(config.dicom.allowed_callers)} allowed caller(s), data in {config.storage.data_dir})"

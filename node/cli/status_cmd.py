@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from node.cli.serve_cmd import add_config_arguments, open_index
-from node.errors import ConfigError
 
 
 def collect_status(db: Any) -> dict[str, Any]:
@@ -40,11 +38,7 @@ def collect_status(db: Any) -> dict[str, Any]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    try:
-        db = open_index(args)
-    except ConfigError as exc:
-        print(f"ainode: {exc}", file=sys.stderr)
-        return 2
+    db = open_index(args)
     status = collect_status(db)
     if args.json:
         print(json.dumps(status, indent=2))
