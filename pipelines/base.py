@@ -180,10 +180,14 @@ class Finding:
     probability_map: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError if the arrays disagree with the box (again callable: arrays are mutable)."""
         if self.mask.shape != self.box.shape:
             raise ValueError(f"mask shape {self.mask.shape} != box shape {self.box.shape}")
         if not self.mask.any():
-            raise ValueError(f"finding {self.number} has an empty mask")
+            raise ValueError("the mask is empty")
         if self.gradcam is not None and self.gradcam.shape != self.box.shape:
             raise ValueError(f"Grad-CAM shape {self.gradcam.shape} != box shape {self.box.shape}")
         if self.probability_map is not None and self.probability_map.shape != self.box.shape:

@@ -220,17 +220,11 @@ def _check_finding(finding: Finding, volume: CTVolume) -> None:
         raise EncodeError(
             f"finding {n}: box {finding.box.start}..{finding.box.stop} lies off the source grid of shape {volume.shape}"
         )
-    # The arrays are mutable, so the checks of Finding.__post_init__ may no longer hold.
-    if finding.mask.shape != finding.box.shape:
-        raise EncodeError(f"finding {n}: mask shape {finding.mask.shape} != box shape {finding.box.shape}")
-    if not finding.mask.any():
-        raise EncodeError(f"finding {n}: the mask is empty")
-    if finding.gradcam is not None and finding.gradcam.shape != finding.box.shape:
-        raise EncodeError(f"finding {n}: Grad-CAM shape {finding.gradcam.shape} != box {finding.box.shape}")
-    if finding.probability_map is not None and finding.probability_map.shape != finding.box.shape:
-        raise EncodeError(
-            f"finding {n}: probability map shape {finding.probability_map.shape} != box {finding.box.shape}"
-        )
+    # The arrays are mutable, so the checks made when the Finding was built may no longer hold.
+    try:
+        finding.check()
+    except ValueError as exc:
+        raise EncodeError(f"finding {n}: {exc}") from None
     for name, value in (
         ("long axis", finding.long_axis_mm),
         ("short axis", finding.short_axis_mm),
