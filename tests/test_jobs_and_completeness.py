@@ -130,8 +130,9 @@ def test_dead_worker_is_replaced(tmp_path: Path) -> None:
 def test_config_survives_the_trip_to_a_worker_process() -> None:
     """Workers get the config as JSON: aliased keys (`not`, `continue`) must come back as they went."""
     from node.config import NodeConfig, default_routes
+    from node.work.supervisor import worker_config_payload
 
     config = NodeConfig()
     assert config.routes == default_routes()
-    again = NodeConfig.model_validate(config.model_dump(mode="json", by_alias=True))
+    again = NodeConfig.model_validate(worker_config_payload(config))  # what worker_process_main does
     assert again.routes == config.routes

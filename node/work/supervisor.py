@@ -12,6 +12,7 @@ import signal
 import threading
 import uuid
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import structlog
 
@@ -38,6 +39,12 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def worker_config_payload(config: NodeConfig) -> dict[str, Any]:
+    """The config as sent to a spawned worker. by_alias: route keys such as `not` and `continue` are
+    aliases of Python-safe field names and must round-trip. Secrets arrive masked; workers need none."""
+    return config.model_dump(mode="json", by_alias=True)
+
+
 class WorkerSupervisor:
     def __init__(self, config: NodeConfig, db: Database, boot_id: str) -> None:
         self.config = config
@@ -57,8 +64,7 @@ class WorkerSupervisor:
         worker_id = f"{self.boot_id}-w{uuid.uuid4().hex[:6]}"
         proc = self._ctx.Process(
             target=worker_process_main,
-            # by_alias: route keys such as `not` and `continue` are aliases of Python-safe field names.
-            args=(self.config.model_dump(mode="json", by_alias=True), worker_id),
+            args=(worker_config_payload(self.config), worker_id),
             name=f"ainode-worker-{worker_id}",
             daemon=True,
         )
