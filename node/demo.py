@@ -42,6 +42,8 @@ class DemoReport:
     findings: list[dict[str, Any]] = field(default_factory=list)
     results_in_pacs: dict[str, int] = field(default_factory=dict)
     where_to_look: dict[str, str] = field(default_factory=dict)
+    # Runs replaced because the series grew after it looked complete (late instances).
+    superseded_runs: int = 0
     disclaimer: str = "NOT FOR DIAGNOSTIC USE"
 
 
@@ -176,39 +178,52 @@ def _orthanc_study_id(orthanc: LocalOrthanc, study_uid: str) -> str:
     return str(found[0]["ID"]) if found else ""
 
 
+def judge_progress(jobs: list[dict[str, Any]], deliveries: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The demo's verdict from the study's jobs and deliveries: (outcome, reason), or None to keep waiting.
+
+    Only current work counts. A series that re-opens (an instance arrived after the geometry said
+    "complete", e.g. the PACS paused mid-send on a busy machine) supersedes its earlier job; that
+    job's state stays 'superseded' for good and must not keep the demo waiting.
+    """
+    current = [j for j in jobs if j["state"] != "superseded"]
+    current_ids = {j["id"] for j in current}
+    current_deliveries = [d for d in deliveries if d["job_id"] in current_ids]
+    failed = [j for j in current if j["state"] == "failed"]
+    if failed:
+        return "failed", str(failed[0]["reason"])
+    dead = [d for d in current_deliveries if d["state"] == "dead"]
+    if dead:
+        return "failed", str(dead[0]["last_error"])
+    if not current or any(j["state"] != "done" for j in current):
+        return None
+    if not current_deliveries:
+        return "no results to send", str(current[0]["reason"] or "the pipeline produced no DICOM objects")
+    if all(d["state"] == "sent" for d in current_deliveries):
+        return "sent", ""
+    return None
+
+
 def _wait_for_results(
     service: NodeService, orthanc: LocalOrthanc, study_uid: str, report: DemoReport, t0: float, timeout_s: float
 ) -> None:
     deadline = t0 + timeout_s
     last_line = ""
     while time.monotonic() < deadline:
-        jobs = service.db.query("SELECT state, reason FROM jobs WHERE study_uid = ?", (study_uid,))
+        jobs = service.db.query("SELECT id, state, reason FROM jobs WHERE study_uid = ?", (study_uid,))
         deliveries = service.db.query(
-            "SELECT d.state, d.last_error FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE j.study_uid = ?",
+            """SELECT d.job_id, d.state, d.last_error FROM deliveries d JOIN jobs j ON j.id = d.job_id
+               WHERE j.study_uid = ?""",
             (study_uid,),
         )
-        states = sorted({j["state"] for j in jobs})
-        line = f"  jobs: {', '.join(states) or 'none yet'}; deliveries: " + (
-            ", ".join(
-                f"{s} {sum(1 for d in deliveries if d['state'] == s)}" for s in sorted({d["state"] for d in deliveries})
-            )
-            or "none yet"
-        )
+        line = f"  jobs: {_count_states(jobs) or 'none yet'}; deliveries: {_count_states(deliveries) or 'none yet'}"
         if line != last_line:
             _say(f"[{time.monotonic() - t0:6.1f} s]{line}")
             last_line = line
-        failed = [j for j in jobs if j["state"] == "failed"]
-        dead = [d for d in deliveries if d["state"] == "dead"]
-        if failed or dead:
-            report.outcome = "failed"
-            report.reason = failed[0]["reason"] if failed else dead[0]["last_error"]
+        verdict = judge_progress([dict(j) for j in jobs], [dict(d) for d in deliveries])
+        if verdict is not None and verdict[0] != "sent":
+            report.outcome, report.reason = verdict
             return
-        if (
-            jobs
-            and all(j["state"] == "done" for j in jobs)
-            and deliveries
-            and all(d["state"] == "sent" for d in deliveries)
-        ):
+        if verdict is not None:
             with contextlib.suppress(httpx.HTTPError):  # Orthanc busy indexing: ask again next round
                 report.results_in_pacs = {
                     k: v for k, v in _results_in_pacs(orthanc, study_uid).items() if k in RESULT_MODALITIES
@@ -217,15 +232,19 @@ def _wait_for_results(
                 report.outcome = "results in PACS"
                 report.timings_s["total"] = time.monotonic() - t0
                 return
-        if jobs and all(j["state"] == "done" for j in jobs) and not deliveries:
-            report.outcome = "no results to send"
-            report.reason = jobs[0]["reason"] or "the pipeline produced no DICOM objects"
-            return
         time.sleep(0.5)
     report.outcome, report.reason = "timeout", f"no results in the PACS after {timeout_s:.0f} s"
 
 
+def _count_states(rows: list[Any]) -> str:
+    states = [r["state"] for r in rows]
+    return ", ".join(f"{s} {states.count(s)}" for s in sorted(set(states)))
+
+
 def _fill_from_index(service: NodeService, report: DemoReport) -> None:
+    report.superseded_runs = service.db.query(
+        "SELECT COUNT(*) AS n FROM jobs WHERE study_uid = ? AND state = 'superseded'", (report.study_instance_uid,)
+    )[0]["n"]
     rows = service.db.query(
         """SELECT s.first_received_at, s.last_received_at, s.completed_at, s.completion_reason,
                   j.started_at, j.finished_at, j.result_summary,
@@ -258,6 +277,11 @@ def print_report(report: DemoReport) -> None:
     _say(f"outcome: {report.outcome}" + (f" ({report.reason})" if report.reason else ""))
     if report.results_in_pacs:
         _say("results stored in the PACS: " + ", ".join(f"{k} x{v}" for k, v in sorted(report.results_in_pacs.items())))
+    if report.superseded_runs:
+        _say(
+            f"the series grew after it looked complete: {report.superseded_runs} earlier run(s) superseded, "
+            "results are from the complete series"
+        )
     _say(f"nodules found: {len(report.findings)}")
     for f in report.findings:
         _say(

@@ -133,8 +133,10 @@ def test_disk_below_watermark_refuses_with_out_of_resources_and_keeps_stored_dat
         ("storage:\n  data_dir: /tmp/x\n  unknown_key: 1\n", "storage.unknown_key"),
         ("completeness:\n  quiet_period_s: 2\n  settle_s: 5\n", "completeness"),
         ("- just\n- a list\n", "top level"),
-        ("routes:\n  - name: kv\n    when: {tag: AcquisitionNumber, equals: 1}\n    pipelines: [series-summary]\n",
-         "route 'kv' tests AcquisitionNumber, which the node does not index"),
+        (
+            "routes:\n  - name: kv\n    when: {tag: AcquisitionNumber, equals: 1}\n    pipelines: [series-summary]\n",
+            "route 'kv' tests AcquisitionNumber, which the node does not index",
+        ),
         ("routes:\n  - name: x\n    pipelines: [no-such-pipeline]\n", "unknown pipeline"),
     ],
 )
