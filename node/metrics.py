@@ -26,3 +26,8 @@ series_completed = Counter("ainode_series_completed_total", "Series judged compl
 # ainode_job_duration_seconds (histogram by pipeline and outcome) is built from the index at scrape
 # time by node/api/metrics.py: jobs finish in worker processes, where an in-process histogram of this
 # process would never be observed.
+index_write_failures = Counter(
+    "ainode_index_write_failures_total",
+    "Stored instances the index could not take (their files wait in the spool for start-up reconciliation)",
+    registry=REGISTRY,
+)

@@ -12,6 +12,7 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,7 @@ from pydicom.filereader import (
 )
 from pydicom.uid import UID
 
-from node import __version__
+from node import __version__, metrics
 from node.errors import InvalidDatasetError, OutOfResourcesError
 from node.store.db import Database, now
 from node.store.fast_dicom import encode_file_meta, parse_header
@@ -276,12 +277,15 @@ class IndexWriter:
     """
 
     MAX_BATCH = 256
+    ROW_ATTEMPTS = 3
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._queue: queue.Queue[_PendingRow | None] = queue.Queue()
         self._idle = threading.Condition()
         self._outstanding = 0
+        # Rows that could not be indexed at all (their files wait in the spool for start-up reconciliation).
+        self.failed_rows = 0
         self._thread = threading.Thread(target=self._run, daemon=True, name="index-writer")
         self._thread.start()
 
@@ -313,16 +317,47 @@ class IndexWriter:
                     self._queue.put(None)  # stop after this batch
                     break
                 batch.append(item)
-            try:
-                with self.db.transaction() as conn:
-                    for row in batch:
-                        _index_row(conn, row)
-            except Exception:
-                # The files are durable; start-up reconciliation will index them.
-                log.exception("index_write_failed", instances=len(batch))
+            self._write(batch)
             with self._idle:
                 self._outstanding -= len(batch)
                 self._idle.notify_all()
+
+
+    def _write(self, batch: list[_PendingRow]) -> None:
+        try:
+            with self.db.transaction() as conn:
+                for row in batch:
+                    _index_row(conn, row)
+            return
+        except Exception:
+            log.warning("index_batch_failed_retrying_each", instances=len(batch), exc_info=True)
+        # One bad row must not keep the rest of the batch out of the index (the series would look
+        # complete without them, or never complete): write each on its own, retrying a busy database.
+        for row in batch:
+            for attempt in range(1, self.ROW_ATTEMPTS + 1):
+                try:
+                    with self.db.transaction() as conn:
+                        _index_row(conn, row)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if attempt == self.ROW_ATTEMPTS:
+                        self._row_failed(row, exc)
+                    else:
+                        time.sleep(0.2 * attempt)  # "database is locked" and the like
+                except Exception as exc:
+                    self._row_failed(row, exc)
+                    break
+
+    def _row_failed(self, row: _PendingRow, exc: Exception) -> None:
+        # The file is durable in the spool; start-up reconciliation indexes it again.
+        self.failed_rows += 1
+        metrics.index_write_failures.inc()
+        log.error(
+            "index_write_failed",
+            sop_instance_uid=str(row.ds.get("SOPInstanceUID", "")),
+            path=str(row.path),
+            reason=f"{type(exc).__name__}: {exc}",
+        )
 
 
 def _index_row(conn: sqlite3.Connection, row: _PendingRow) -> None:

@@ -31,6 +31,11 @@ MIN_LUNG_VOLUME_ML = 200.0
 # Candidate generation.
 SEGMENTATION_THRESHOLD = 0.5
 MIN_CANDIDATE_VOLUME_MM3 = 20.0  # ~3.4 mm sphere
+# Measured on the source grid. LIDC readers outlined nodules from 3 mm (smaller ones were only marked as
+# points), so the data the model imitates has nothing smaller; a candidate that shrinks below this when
+# mapped back to the source slices (a one-voxel "nodule" of 1.2 mm / 4 mm3) cannot be measured and was
+# pure false-positive noise in the results.
+MIN_LONG_AXIS_MM = 3.0
 # Longer than the largest lung masses (the Philips adenocarcinoma is ~70 mm): such components are vessels,
 # airway walls or the heart border, and their per-candidate work dominated the run time.
 MAX_CANDIDATE_EXTENT_MM = 100.0

@@ -221,15 +221,16 @@ class LungNodulePipeline:
         comp_prob = np.where(near, probability[crop], 0.0).astype(np.float32)
         p = ndimage.map_coordinates(comp_prob, (working - lo).reshape(-1, 3).T, order=1, mode="constant", cval=0.0)
         mask = p.reshape(zz.shape) > config.SEGMENTATION_THRESHOLD
-        if not mask.any():  # a candidate thinner than a source voxel: keep its centre voxel
-            c = np.clip(np.round(grid.to_source(centre_w)).astype(int) - start, 0, np.array(zz.shape) - 1)
-            mask[tuple(c)] = True
+        if not mask.any():  # thinner than a source voxel: nothing to outline or measure
+            return None
+        spacing = volume.geometry.spacing_mm
+        long_axis, short_axis = largest_slice_axes(mask, spacing)
+        if long_axis < config.MIN_LONG_AXIS_MM:
+            return None  # below the smallest nodule readers outline (config.MIN_LONG_AXIS_MM)
         cam_coords = (working - (np.round(centre_w) - half)).reshape(-1, 3).T
         cam_src = ndimage.map_coordinates(cam, cam_coords, order=1, mode="nearest").reshape(zz.shape)
         box = VoxelBox(tuple(int(v) for v in start), tuple(int(v) for v in stop))  # type: ignore[arg-type]
-        spacing = volume.geometry.spacing_mm
         idx = np.argwhere(mask).mean(axis=0) + start
-        long_axis, short_axis = largest_slice_axes(mask, spacing)
         hu_in = volume.hu[box.slices()][mask]
         return Finding(
             number=0,
