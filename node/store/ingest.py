@@ -322,7 +322,6 @@ class IndexWriter:
                 self._outstanding -= len(batch)
                 self._idle.notify_all()
 
-
     def _write(self, batch: list[_PendingRow]) -> None:
         try:
             with self.db.transaction() as conn:
