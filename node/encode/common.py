@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
+import numpy.typing as npt
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
 from node.errors import EncodeError
 from pipelines.base import CTVolume, Finding, PipelineResult
+from pipelines.loading import MULTI_FRAME_CT_CLASSES
 
 # Who made the objects. Manufacturer is the node; the model goes into ManufacturerModelName and
 # SoftwareVersions, and both into ContributingEquipmentSequence.
@@ -143,12 +145,34 @@ def copy_character_set(target: pydicom.Dataset, source: pydicom.Dataset) -> None
 
 @dataclass(frozen=True)
 class CheckedInput:
-    """Source instances in volume order, after all the checks that must pass before encoding."""
+    """Source instances in volume order, after all the checks that must pass before encoding.
 
-    ordered_sources: tuple[pydicom.Dataset, ...]  # ordered_sources[z] is volume slice z
+    A source series is either single-frame images (one per volume slice) or ONE multi-frame CT instance
+    (Enhanced CT / Legacy Converted Enhanced CT) whose frames are the volume slices.
+    """
+
+    ordered_sources: tuple[pydicom.Dataset, ...]  # ordered_sources[z] is the instance holding volume slice z
+    frame_numbers: tuple[int | None, ...]  # 1-based frame of ordered_sources[z]; None for single-frame images
     study_instance_uid: str
     series_instance_uid: str
     frame_of_reference_uid: str
+
+    @property
+    def is_multiframe(self) -> bool:
+        return self.frame_numbers[0] is not None
+
+    @property
+    def instances(self) -> tuple[pydicom.Dataset, ...]:
+        """Each source instance once, in volume order (the multi-frame instance appears only once)."""
+        unique: dict[str, pydicom.Dataset] = {}
+        for ds in self.ordered_sources:
+            unique.setdefault(str(ds.SOPInstanceUID), ds)
+        return tuple(unique.values())
+
+    def referenced_frames(self, z: int) -> list[int] | None:
+        """ReferencedFrameNumber value(s) for volume slice ``z``: [frame] for a multi-frame source, else None."""
+        frame = self.frame_numbers[z]
+        return None if frame is None else [frame]
 
 
 def check_inputs(result: PipelineResult, volume: CTVolume, source_datasets: Sequence[pydicom.Dataset]) -> CheckedInput:
@@ -161,27 +185,27 @@ def check_inputs(result: PipelineResult, volume: CTVolume, source_datasets: Sequ
         if not uid:
             raise EncodeError("a source dataset has no SOPInstanceUID")
         by_uid[uid] = ds
+    _check_frame_layout(volume)
     ordered: list[pydicom.Dataset] = []
     for z, source_slice in enumerate(volume.slices):
-        if source_slice.frame_number is not None:
-            raise EncodeError(
-                f"volume slice {z} comes from frame {source_slice.frame_number} of a multi-frame image; "
-                "only single-frame source series are supported"
-            )
         match = by_uid.get(source_slice.sop_instance_uid)
         if match is None:
             raise EncodeError(
                 f"volume slice {z} references SOP Instance {source_slice.sop_instance_uid}, "
                 "which is not among the source instances of the series"
             )
+        _check_frame_in_dataset(z, source_slice.frame_number, match)
         ordered.append(match)
+    frame_numbers = tuple(s.frame_number for s in volume.slices)
+    if frame_numbers[0] is not None:
+        _check_multiframe_functional_groups(ordered[0])
 
     first = ordered[0]
     for attr in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
         values = {str(ds.get(attr, "")) for ds in ordered}
         if len(values) != 1 or "" in values:
             raise EncodeError(f"source slices disagree on (or lack) {attr}: one series is required")
-    _check_geometry(volume, ordered)
+    _check_geometry(volume, ordered, frame_numbers)
 
     for finding in result.findings:
         _check_finding(finding, volume)
@@ -190,21 +214,95 @@ def check_inputs(result: PipelineResult, volume: CTVolume, source_datasets: Sequ
         raise EncodeError(f"finding numbers must be unique, got {numbers}")
     return CheckedInput(
         ordered_sources=tuple(ordered),
+        frame_numbers=frame_numbers,
         study_instance_uid=str(first.StudyInstanceUID),
         series_instance_uid=str(first.SeriesInstanceUID),
         frame_of_reference_uid=str(first.FrameOfReferenceUID),
     )
 
 
-def _check_geometry(volume: CTVolume, ordered: Sequence[pydicom.Dataset]) -> None:
+def _check_frame_layout(volume: CTVolume) -> None:
+    """Single-frame images only, or the frames of exactly one multi-frame instance, each frame once.
+
+    The SEG references either a list of single-frame images or one multi-frame image (highdicom's
+    Segmentation takes no mixture), and a viewer resolves a frame reference within one instance only.
+    """
+    from_frames = [s for s in volume.slices if s.frame_number is not None]
+    if not from_frames:
+        return
+    if len(from_frames) != len(volume.slices):
+        raise EncodeError(
+            f"the source series mixes single-frame and multi-frame images ({len(volume.slices) - len(from_frames)} "
+            f"slices from single-frame images, {len(from_frames)} from frames of multi-frame images); "
+            "only all single-frame or one multi-frame instance is supported"
+        )
+    instances = sorted({s.sop_instance_uid for s in from_frames})
+    if len(instances) > 1:
+        raise EncodeError(
+            f"the source series holds {len(instances)} multi-frame instances; "
+            "only a series of one multi-frame instance is supported"
+        )
+    frames = [s.frame_number for s in from_frames]
+    if len(set(frames)) != len(frames):
+        raise EncodeError("two volume slices come from the same frame of the multi-frame source image")
+
+
+def _check_frame_in_dataset(z: int, frame_number: int | None, ds: pydicom.Dataset) -> None:
+    """A frame reference needs a multi-frame CT instance holding that frame; no frame, a single-frame image."""
+    is_multiframe_class = str(ds.get("SOPClassUID", "")) in MULTI_FRAME_CT_CLASSES
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frame_number is None:
+        if is_multiframe_class or n_frames > 1:
+            raise EncodeError(f"volume slice {z} names no frame, but its source image is a multi-frame image")
+        return
+    if not is_multiframe_class:
+        raise EncodeError(
+            f"volume slice {z} comes from frame {frame_number} of an image of SOP class {ds.get('SOPClassUID', '?')}, "
+            "not an Enhanced or Legacy Converted Enhanced CT image"
+        )
+    if not 1 <= frame_number <= n_frames:
+        raise EncodeError(
+            f"volume slice {z} comes from frame {frame_number}, but the multi-frame source holds {n_frames} frames"
+        )
+
+
+def _check_multiframe_functional_groups(ds: pydicom.Dataset) -> None:
+    """highdicom's Segmentation reads the source's orientation and pixel spacing from the shared functional
+    groups (one plane orientation for all frames); a source that keeps them per frame cannot be encoded."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    group = shared[0] if shared else pydicom.Dataset()
+    missing = [name for name in ("PlaneOrientationSequence", "PixelMeasuresSequence") if not group.get(name)]
+    if missing:
+        raise EncodeError(
+            f"the multi-frame source image lacks {' and '.join(missing)} in its shared functional groups "
+            "(per-frame orientation or pixel spacing is not supported)"
+        )
+
+
+def frame_position(ds: pydicom.Dataset, frame_number: int | None) -> npt.NDArray[np.float64]:
+    """ImagePositionPatient of a single-frame image, or of one frame (1-based) of a multi-frame image."""
+    if frame_number is None:
+        return np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+    for groups_name in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = ds.get(groups_name)
+        if not groups:
+            continue
+        group = groups[frame_number - 1] if groups_name.startswith("PerFrame") else groups[0]
+        positions = group.get("PlanePositionSequence")
+        if positions:
+            return np.asarray([float(v) for v in positions[0].ImagePositionPatient], dtype=np.float64)
+    raise EncodeError(f"frame {frame_number} of the multi-frame source image has no PlanePositionSequence")
+
+
+def _check_geometry(volume: CTVolume, ordered: Sequence[pydicom.Dataset], frame_numbers: Sequence[int | None]) -> None:
     """The volume's geometry must be the source slices' geometry, or the SEG would not align."""
     _z, rows, columns = volume.shape
     tolerance_mm = POSITION_TOLERANCE_FRACTION * min(volume.geometry.spacing_mm)
-    for k, ds in enumerate(ordered):
+    for k, (ds, frame) in enumerate(zip(ordered, frame_numbers, strict=True)):
         if int(ds.Rows) != rows or int(ds.Columns) != columns:
             raise EncodeError(f"source slice {k} is {ds.Rows}x{ds.Columns}, the volume grid is {rows}x{columns}")
         expected = volume.geometry.voxel_to_patient([k, 0, 0])
-        actual = np.asarray([float(v) for v in ds.ImagePositionPatient])
+        actual = frame_position(ds, frame)
         if float(np.linalg.norm(expected - actual)) > tolerance_mm:
             raise EncodeError(
                 f"source slice {k} is at {actual.round(3).tolist()} mm but the volume geometry puts it at "

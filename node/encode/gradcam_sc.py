@@ -148,6 +148,9 @@ def encode_sc(
     item = Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    frames = checked.referenced_frames(z)
+    if frames is not None:  # the key slice is one frame of a multi-frame source
+        item.ReferencedFrameNumber = frames[0]
     sc.SourceImageSequence = DicomSequence([item])
     common.finish_header(sc, source, result)
     return sc

@@ -53,6 +53,33 @@ def algorithm_identification(result: PipelineResult) -> hd.AlgorithmIdentificati
     )
 
 
+def _slab_sources(
+    checked: CheckedInput, z_start: int, z_stop: int
+) -> tuple[list[pydicom.Dataset], list[hd.PlanePositionSequence] | None]:
+    """Source images and plane positions for the SEG array of volume slices ``z_start..z_stop``.
+
+    Single-frame: the slab's own images, and highdicom takes each frame's position from its image.
+    Multi-frame: highdicom takes one multi-frame source, and without positions it would pair array plane i
+    with source frame i; so give each plane its source frame's position, from which highdicom finds the
+    frame (ReferencedFrameNumber in the DerivationImageSequence) and copies its exact position.
+    """
+    if not checked.is_multiframe:
+        return list(checked.ordered_sources[z_start:z_stop]), None
+    source = checked.ordered_sources[0]
+    positions: list[hd.PlanePositionSequence] = []
+    for z in range(z_start, z_stop):
+        frame = checked.frame_numbers[z]
+        assert frame is not None  # check_inputs: every slice of a multi-frame source names its frame
+        position = common.frame_position(source, frame)
+        positions.append(
+            hd.PlanePositionSequence(
+                coordinate_system=hd.CoordinateSystemNames.PATIENT,
+                image_position=(float(position[0]), float(position[1]), float(position[2])),
+            )
+        )
+    return [source], positions
+
+
 def encode_seg(
     result: PipelineResult,
     checked: CheckedInput,
@@ -102,10 +129,11 @@ def encode_seg(
                 display_color=hd.color.CIELabColor.from_rgb(*NODULE_DISPLAY_RGB),
             )
         )
-    sources: list[pydicom.Dataset] = list(checked.ordered_sources[z_start:z_stop])
+    sources, plane_positions = _slab_sources(checked, z_start, z_stop)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixels,
+        plane_positions=plane_positions,
         segmentation_type=(
             hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
         ),

@@ -123,7 +123,8 @@ def long_axis_endpoints(finding: Finding, spacing_yx: tuple[float, float]) -> np
 def _long_axis_on_key_image(finding: Finding, volume: CTVolume, checked: CheckedInput) -> hd.sr.ScoordContentItem:
     """A 2D POLYLINE on the key CT image (SELECTED FROM it): what viewers draw as the nodule's measurement."""
     _, dy, dx = volume.geometry.spacing_mm
-    source = checked.ordered_sources[common.key_slice(finding)]
+    z = common.key_slice(finding)
+    source = checked.ordered_sources[z]
     item = hd.sr.ScoordContentItem(
         name=codes.SCT.LongAxis,
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -136,6 +137,8 @@ def _long_axis_on_key_image(finding: Finding, volume: CTVolume, checked: Checked
             hd.sr.SourceImageForRegion(
                 referenced_sop_class_uid=str(source.SOPClassUID),
                 referenced_sop_instance_uid=str(source.SOPInstanceUID),
+                # The key image of a multi-frame source is one of its frames: name it.
+                referenced_frame_numbers=checked.referenced_frames(z),
             )
         ]
     )
@@ -247,7 +250,8 @@ def encode_sr(
 ) -> hd.sr.Comprehensive3DSR:
     groups: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     segment_numbers = seg.segment_number_of(result.findings)
-    evidence: list[pydicom.Dataset] = list(checked.ordered_sources)
+    # Each instance once: a multi-frame source holds every slice but is one piece of evidence.
+    evidence: list[pydicom.Dataset] = list(checked.instances)
     if result.findings:
         if seg_dataset is None:
             raise ValueError("findings need their SEG to be referenced")  # a programming error, not input
