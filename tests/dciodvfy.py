@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 DCIODVFY = "dciodvfy"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dciodvfy"
 
 
 def dciodvfy_available() -> bool:
@@ -30,3 +33,16 @@ def dciodvfy(path: Path) -> Verdict:
     warnings = [line for line in lines if line.startswith("Warning")]
     iods = [line for line in lines if not line.startswith(("Error", "Warning"))]
     return Verdict(iod=iods[0] if iods else "", errors=errors, warnings=warnings, output=output)
+
+
+def judge(path: Path, label: str, accepted_warnings: Sequence[str]) -> Verdict:
+    """Assert dciodvfy finds no errors and only accepted warnings; keep its output in artifacts/dciodvfy/."""
+    verdict = dciodvfy(path)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"{label}.txt").write_text(verdict.output)
+    summary = {"iod": verdict.iod, "errors": len(verdict.errors), "warnings": verdict.warnings}
+    (ARTIFACTS / f"{label}.json").write_text(json.dumps(summary, indent=2))
+    assert verdict.errors == [], f"dciodvfy errors for {label}:\n{verdict.output}"
+    unexplained = [w for w in verdict.warnings if not any(a in w for a in accepted_warnings)]
+    assert unexplained == [], f"unexplained dciodvfy warnings for {label}:\n{verdict.output}"
+    return verdict
