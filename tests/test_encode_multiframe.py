@@ -8,6 +8,7 @@ highdicom segread/srread (frame references read back), the SC's pixels against t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from pydicom.sr.codedict import codes
 from node.encode import EncodeError, encode_results, write_results
 from node.encode.common import key_slice
 from node.encode.gradcam_sc import lung_window
-from pipelines.base import CTVolume, PipelineResult
+from pipelines.base import CTVolume, PipelineResult, SourceSlice
 from pipelines.loading import load_series
 from tests.ct_series_factory import write_series
 from tests.dciodvfy import judge
@@ -269,9 +270,22 @@ def test_a_frame_reference_to_a_single_frame_image_is_refused(encoded: Encoded, 
     by_position = sorted(singles, key=lambda ds: float(ds.ImagePositionPatient[2]))
     fake = by_position[0]
     slices = tuple(
-        type(s)(sop_instance_uid=str(fake.SOPInstanceUID), sop_class_uid=s.sop_class_uid, frame_number=s.frame_number)
+        SourceSlice(str(fake.SOPInstanceUID), s.sop_class_uid, frame_number=s.frame_number)
         for s in encoded.volume.slices
     )
     volume = CTVolume(hu=encoded.volume.hu, geometry=encoded.volume.geometry, slices=slices, info=encoded.volume.info)
     with pytest.raises(EncodeError, match="not an Enhanced or Legacy Converted Enhanced CT image"):
         encode_results(encoded.result, volume, [fake], uid_seed="fake-frames")
+
+
+def test_per_frame_orientation_is_refused_with_the_reason(encoded: Encoded) -> None:
+    """Valid DICOM, but highdicom's Segmentation reads a multi-frame source's orientation from the shared
+    functional groups only: refuse before building anything rather than fail inside highdicom."""
+    multiframe = copy.deepcopy(encoded.multiframe)
+    shared = multiframe.SharedFunctionalGroupsSequence[0]
+    orientation = shared.PlaneOrientationSequence
+    del shared.PlaneOrientationSequence
+    for item in multiframe.PerFrameFunctionalGroupsSequence:
+        item.PlaneOrientationSequence = copy.deepcopy(orientation)
+    with pytest.raises(EncodeError, match="lacks PlaneOrientationSequence in its shared functional groups"):
+        encode_results(encoded.result, encoded.volume, [multiframe], uid_seed="per-frame-orientation")

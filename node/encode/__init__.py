@@ -38,7 +38,9 @@ def encode_results(
     """The SEG (when there are findings), the SR (always, for a completed result) and one SC per finding.
 
     ``source_datasets`` are the source CT instances in any order; they are matched to the volume's slices
-    by SOP Instance UID. Every UID of the outputs derives from ``uid_seed`` (same seed, same UIDs).
+    by SOP Instance UID. They are single-frame images, or one multi-frame CT instance whose frames are the
+    slices (then every reference to a slice names its frame).
+    Every UID of the outputs derives from ``uid_seed`` (same seed, same UIDs).
     A not-applicable result gives no objects: the node did not analyse the series.
     ``previous_reports`` are the SRs this result supersedes (the series grew after they were made): the new
     SR lists them in its Predecessor Documents Sequence and every new series says it supersedes earlier ones.
