@@ -11,6 +11,7 @@ import pytest
 from pipelines import registry
 from pipelines.base import CTVolume, NoduleCategory, ResultStatus, SeriesInfo, SourceSlice, VolumeGeometry
 from pipelines.loading import load_series_dir
+from pipelines.lung_nodule.config import MIN_LONG_AXIS_MM
 from pipelines.lung_nodule.pipeline import LungNodulePipeline
 from pipelines.lung_nodule.synthesis import blend, procedural_shape, render_alpha, voc_lesion_boxes
 
@@ -52,6 +53,11 @@ def test_philips_annotated_mass_is_found(pipeline: LungNodulePipeline) -> None:
     assert mass.long_axis_mm > 20.0  # the annotated boxes are ~70 mm across
     assert mass.gradcam is not None and mass.gradcam.shape == mass.mask.shape
     assert float(mass.gradcam.min()) >= 0.0 and float(mass.gradcam.max()) <= 1.0
+    # Findings are numbered by detection score, and none is smaller than a nodule readers would outline.
+    scores = [f.detection_score for f in sorted(result.findings, key=lambda f: f.number)]
+    assert scores == sorted(scores, reverse=True)
+    assert [f.number for f in sorted(result.findings, key=lambda f: f.number)] == list(range(1, len(scores) + 1))
+    assert all(f.long_axis_mm >= MIN_LONG_AXIS_MM for f in result.findings), [f.summary() for f in result.findings]
 
 
 def _with_nodule(
@@ -158,3 +164,32 @@ def test_working_grid_mask_maps_back_onto_the_source_slices(pipeline: LungNodule
     assert 0.6 * 2145 < finding.volume_mm3 < 1.4 * 2145
     assert 13.0 < finding.long_axis_mm < 19.0
     assert finding.gradcam is not None and finding.gradcam.shape == finding.mask.shape
+
+
+def test_a_component_thinned_away_by_interpolation_keeps_its_working_grid_outline(
+    pipeline: LungNodulePipeline,
+) -> None:
+    """A small component just above the threshold vanishes when its probability is interpolated onto
+    the source grid; it is then outlined at working-grid resolution instead of being lost (one such
+    component was a real nodule in the held-out evaluation)."""
+    from scipy import ndimage
+
+    from pipelines.lung_nodule.preprocessing import WorkingGrid
+
+    volume = _synthetic((40, 120, 120), (3.0, 0.7, 0.7))
+    grid = WorkingGrid.for_source(volume.shape, volume.geometry.spacing_mm)
+    component = np.zeros(grid.shape, dtype=bool)
+    component[30:32, 20:22, 25:27] = True  # 2 x 2 x 2 working voxels: 4 mm across
+    probability = component.astype(np.float32) * 0.501
+    (sl,) = ndimage.find_objects(component.astype(int))
+    centre_w = np.argwhere(component).mean(axis=0)
+    cam = np.ones((32, 32, 32), dtype=np.float32)
+    # Interpolated onto the source grid, no voxel clears the threshold...
+    finding = pipeline._to_source(
+        volume, grid, probability, component, sl, centre_w, 0.501, 0.3, cam, np.array([16, 16, 16])
+    )
+    # ...yet the finding keeps an outline the size of its 4 mm working-grid component.
+    assert finding is not None
+    assert 3.0 <= finding.long_axis_mm <= 7.0
+    expected_mm = volume.geometry.voxel_to_patient(grid.to_source(centre_w))
+    assert np.linalg.norm(np.subtract(finding.centre_mm, expected_mm)) < 2.0

@@ -49,25 +49,37 @@ def build_classifier() -> torch.nn.Module:
     )
 
 
+def build_fp_reducer() -> torch.nn.Module:
+    """Second stage: the classifier's architecture and input, 1 logit "this candidate is a nodule"."""
+    return build_classifier()
+
+
 @dataclass
 class ModelBundle:
     segmenter: torch.nn.Module
     classifier: torch.nn.Module
     metadata: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
+    fp_reducer: torch.nn.Module | None = None  # absent in bundles trained before it existed
 
 
-def save_bundle(path: Path, segmenter: torch.nn.Module, classifier: torch.nn.Module, metadata: dict[str, Any]) -> str:
+def save_bundle(
+    path: Path,
+    segmenter: torch.nn.Module,
+    classifier: torch.nn.Module,
+    metadata: dict[str, Any],
+    fp_reducer: torch.nn.Module | None = None,
+) -> str:
     """Write the bundle (half-precision weights keep it small) and return its SHA-256."""
     buffer = io.BytesIO()
-    torch.save(
-        {
-            "segmenter": {k: _compact(v) for k, v in segmenter.state_dict().items()},
-            "classifier": {k: _compact(v) for k, v in classifier.state_dict().items()},
-            "metadata": metadata,
-        },
-        buffer,
-    )
+    payload: dict[str, Any] = {
+        "segmenter": {k: _compact(v) for k, v in segmenter.state_dict().items()},
+        "classifier": {k: _compact(v) for k, v in classifier.state_dict().items()},
+        "metadata": metadata,
+    }
+    if fp_reducer is not None:
+        payload["fp_reducer"] = {k: _compact(v) for k, v in fp_reducer.state_dict().items()}
+    torch.save(payload, buffer)
     data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -81,13 +93,17 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
 def load_bundle(path: Path, device: torch.device) -> ModelBundle:
     data = path.read_bytes()
     payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    segmenter = build_segmenter()
-    classifier = build_classifier()
-    segmenter.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["segmenter"].items()})
-    classifier.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["classifier"].items()})
-    segmenter.to(device).eval()
-    classifier.to(device).eval()
-    return ModelBundle(segmenter, classifier, dict(payload["metadata"]), hashlib.sha256(data).hexdigest())
+    segmenter = _restore(build_segmenter(), payload["segmenter"], device)
+    classifier = _restore(build_classifier(), payload["classifier"], device)
+    fp_reducer = _restore(build_fp_reducer(), payload["fp_reducer"], device) if "fp_reducer" in payload else None
+    return ModelBundle(
+        segmenter, classifier, dict(payload["metadata"]), hashlib.sha256(data).hexdigest(), fp_reducer=fp_reducer
+    )
+
+
+def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor], device: torch.device) -> torch.nn.Module:
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.to(device).eval()
 
 
 def select_device(requested: str | None = None) -> torch.device:

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,27 @@ from pipelines.lung_nodule.models import ModelBundle, load_bundle, select_device
 from pipelines.lung_nodule.preprocessing import WorkingGrid, bounding_box, lung_mask, to_working_grid, window
 
 PIPELINE_NAME = "lung-nodule"
+
+
+@dataclass(frozen=True)
+class _Component:
+    """A connected component of the segmentation on the working grid."""
+
+    segmentation_score: float  # mean nodule probability of the segmenter inside the component
+    index: int  # its label in the labelled volume
+    box: tuple[slice, ...]
+    centre_w: npt.NDArray[np.float64]  # working-grid voxel coordinates
+
+
+@dataclass(frozen=True)
+class CandidatePatches:
+    """What false-positive-reduction training needs of a volume's candidates."""
+
+    patches: npt.NDArray[np.float32]  # (N, 2, *config.CLS_PATCH)
+    centres_mm: list[tuple[float, float, float]]  # patient coordinates
+    segmentation_scores: list[float]
+
+
 DETECTION_THRESHOLD_ENV = "AINODE_LUNG_NODULE_DETECTION_THRESHOLD"
 
 
@@ -61,7 +83,7 @@ class LungNodulePipeline:
         meta = self.bundle.metadata
         self.model = ModelIdentity(
             name=str(meta.get("name", config.MODEL_NAME)),
-            version=str(meta.get("version", config.MODEL_VERSION)),
+            version=config.MODEL_VERSION,
             weights_sha256=self.bundle.sha256,
         )
         # Operating point chosen for recall on validation data (stored with the weights); overridable.
@@ -97,9 +119,39 @@ class LungNodulePipeline:
 
     # --- steps -----------------------------------------------------------------------------------------
 
+    def candidate_patches(self, volume: CTVolume) -> CandidatePatches:
+        """The segmenter's candidates as classifier patches, before any false-positive reduction (training)."""
+        check_applicable(volume)
+        grid, hu, lungs, probability, _ = self._segment_volume(volume, {})
+        components, labels = self._components(grid, lungs, probability)
+        patches = self._patches(hu, labels, components)
+        centres = []
+        for c in components:
+            x, y, z = (float(v) for v in volume.geometry.voxel_to_patient(grid.to_source(c.centre_w)))
+            centres.append((x, y, z))
+        return CandidatePatches(patches, centres, [c.segmentation_score for c in components])
+
     def _analyse(self, volume: CTVolume) -> tuple[list[Finding], dict[str, float | int | str], dict[str, float]]:
         timings: dict[str, float] = {}
         check_applicable(volume)
+        grid, hu, lungs, probability, lung_ml = self._segment_volume(volume, timings)
+
+        t = time.perf_counter()
+        findings = self._findings(volume, grid, hu, lungs, probability)
+        timings["classify"] = time.perf_counter() - t
+        measurements: dict[str, float | int | str] = {
+            "lung_volume_ml": round(lung_ml, 1),
+            "candidates": len(findings),
+            "detection_threshold": self.detection_threshold,
+            "false_positive_reduction": self.bundle.fp_reducer is not None,
+            "device": self.device.type,
+        }
+        return findings, measurements, timings
+
+    def _segment_volume(
+        self, volume: CTVolume, timings: dict[str, float]
+    ) -> tuple[WorkingGrid, npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.float32], float]:
+        """Working grid, HU on it, lung mask, nodule probability, aerated lung volume (ml)."""
         t = time.perf_counter()
         grid = WorkingGrid.for_source(volume.shape, volume.geometry.spacing_mm)
         hu = to_working_grid(volume.hu, grid)
@@ -117,17 +169,7 @@ class LungNodulePipeline:
         probability = np.zeros(hu.shape, dtype=np.float32)
         probability[crop] = self._segment(window(hu[crop]))
         timings["segment"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        findings = self._findings(volume, grid, hu, lungs, probability)
-        timings["classify"] = time.perf_counter() - t
-        measurements: dict[str, float | int | str] = {
-            "lung_volume_ml": round(lung_ml, 1),
-            "candidates": len(findings),
-            "detection_threshold": self.detection_threshold,
-            "device": self.device.type,
-        }
-        return findings, measurements, timings
+        return grid, hu, lungs, probability, lung_ml
 
     def _segment(self, image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         x = torch.from_numpy(image)[None, None].to(self.device)
@@ -138,18 +180,13 @@ class LungNodulePipeline:
         assert isinstance(logits, torch.Tensor)
         return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
 
-    def _findings(
-        self,
-        volume: CTVolume,
-        grid: WorkingGrid,
-        hu: npt.NDArray[np.float32],
-        lungs: npt.NDArray[np.bool_],
-        probability: npt.NDArray[np.float32],
-    ) -> list[Finding]:
-        binary = probability > config.SEGMENTATION_THRESHOLD
-        labels, n = ndimage.label(binary)
+    def _components(
+        self, grid: WorkingGrid, lungs: npt.NDArray[np.bool_], probability: npt.NDArray[np.float32]
+    ) -> tuple[list[_Component], npt.NDArray[np.int32]]:
+        """Connected components of the segmentation that could be nodules, highest probability first."""
+        labels, n = ndimage.label(probability > config.SEGMENTATION_THRESHOLD)
         if n == 0:
-            return []
+            return [], labels
         near_lung = ndimage.binary_dilation(lungs, iterations=2)
         voxel_mm3 = float(np.prod(grid.spacing))
         components = []
@@ -162,33 +199,64 @@ class LungNodulePipeline:
             extent_mm = max((s.stop - s.start) * d for s, d in zip(sl, grid.spacing, strict=True))
             if extent_mm > config.MAX_CANDIDATE_EXTENT_MM:
                 continue  # longer than any lung mass: vessels, airway walls, the heart border
-            score = float(probability[sl][comp].max())
+            # Mean, not peak, probability: on held-out composite scans it ranks nodules above vessel
+            # fragments better (CPM 0.165 vs 0.090, MODEL_CARD.md); a vessel often has one confident voxel.
+            score = float(probability[sl][comp].mean())
             centre = np.argwhere(comp).mean(axis=0) + [s.start for s in sl]
-            components.append((score, index, sl, centre))
-        components.sort(key=lambda c: -c[0])
-        if not components:
-            return []
-        # Malignancy + Grad-CAM for all candidates in one batch.
+            components.append(_Component(score, index, sl, centre))
+        components.sort(key=lambda c: -c.segmentation_score)
+        return components, labels
+
+    @staticmethod
+    def _patches(
+        hu: npt.NDArray[np.float32], labels: npt.NDArray[np.int32], components: list[_Component]
+    ) -> npt.NDArray[np.float32]:
+        """Nodule-centred 2-channel patches (windowed HU, the component's mask), one per component."""
         half = np.array(config.CLS_PATCH) // 2
         windowed = window(hu)
-        patches = []
-        for _, index, _, centre in components:
-            c = np.round(centre).astype(int)
-            patches.append(
-                np.stack([_crop(windowed, c, half, 0.0), (_crop(labels, c, half, 0.0) == index).astype(np.float32)])
+        patches = [
+            np.stack(
+                [
+                    _crop(windowed, np.round(c.centre_w).astype(int), half, 0.0),
+                    (_crop(labels, np.round(c.centre_w).astype(int), half, 0.0) == c.index).astype(np.float32),
+                ]
             )
-        probs, cams = malignancy_with_gradcam(
-            self.bundle.classifier, torch.from_numpy(np.stack(patches)).to(self.device)
-        )
+            for c in components
+        ]
+        return np.stack(patches) if patches else np.zeros((0, 2, *config.CLS_PATCH), dtype=np.float32)
 
+    def _findings(
+        self,
+        volume: CTVolume,
+        grid: WorkingGrid,
+        hu: npt.NDArray[np.float32],
+        lungs: npt.NDArray[np.bool_],
+        probability: npt.NDArray[np.float32],
+    ) -> list[Finding]:
+        components, labels = self._components(grid, lungs, probability)
+        if not components:
+            return []
+        patches = torch.from_numpy(self._patches(hu, labels, components)).to(self.device)
+        # The detection score: the false-positive reducer's nodule probability when the bundle has one
+        # (second stage, as in LUNA16 systems), else the segmenter's mean probability over the component.
+        scores = [c.segmentation_score for c in components]
+        if self.bundle.fp_reducer is not None:
+            with torch.no_grad(), _autocast(self.device):
+                scores = torch.sigmoid(self.bundle.fp_reducer(patches).float())[:, 0].cpu().tolist()
+        # Malignancy + Grad-CAM for all candidates in one batch.
+        probs, cams = malignancy_with_gradcam(self.bundle.classifier, patches)
+        half = np.array(config.CLS_PATCH) // 2
         findings: list[Finding] = []
-        for (score, index, sl, centre), prob, cam in zip(components, probs, cams, strict=True):
-            finding = self._to_source(volume, grid, probability, labels == index, sl, centre, score, prob, cam, half)
+        for c, score, prob, cam in zip(components, scores, probs, cams, strict=True):
+            finding = self._to_source(
+                volume, grid, probability, labels == c.index, c.box, c.centre_w, float(score), prob, cam, half
+            )
             if finding is not None:
                 findings.append(finding)
+        findings.sort(key=lambda f: -f.detection_score)
         return [
             Finding(**{**f.__dict__, "number": i})
-            for i, f in enumerate(findings, start=1)  # renumber after drops
+            for i, f in enumerate(findings, start=1)  # numbered by detection score, after drops
         ]
 
     def _to_source(
@@ -221,7 +289,14 @@ class LungNodulePipeline:
         comp_prob = np.where(near, probability[crop], 0.0).astype(np.float32)
         p = ndimage.map_coordinates(comp_prob, (working - lo).reshape(-1, 3).T, order=1, mode="constant", cval=0.0)
         mask = p.reshape(zz.shape) > config.SEGMENTATION_THRESHOLD
-        if not mask.any():  # thinner than a source voxel: nothing to outline or measure
+        if not mask.any():
+            # Interpolation thinned the component below the threshold everywhere on the source grid:
+            # outline it at working-grid resolution instead (nearest working voxel).
+            nearest = ndimage.map_coordinates(
+                component[crop].astype(np.float32), (working - lo).reshape(-1, 3).T, order=0, mode="constant"
+            )
+            mask = nearest.reshape(zz.shape) > 0.5
+        if not mask.any():
             return None
         spacing = volume.geometry.spacing_mm
         long_axis, short_axis = largest_slice_axes(mask, spacing)

@@ -296,8 +296,12 @@ def composite_scan(
     rng: np.random.Generator,
     n_nodules: int,
     forbidden_source_boxes: list[tuple[slice, slice, slice]] = (),  # type: ignore[assignment]  # read-only
+    extra_shapes: list[NoduleShape] = (),  # type: ignore[assignment]  # read-only
 ) -> CompositeScan:
-    """A whole real series with nodules blended in on its own (source) grid: what the pipeline really sees."""
+    """A whole real series with nodules blended in on its own (source) grid: what the pipeline really sees.
+
+    ``n_nodules`` are drawn from ``shapes``; each of ``extra_shapes`` (e.g. procedural masses) is added once.
+    """
     from dataclasses import replace
 
     grid = WorkingGrid.for_source(volume.shape, volume.geometry.spacing_mm)
@@ -316,8 +320,9 @@ def composite_scan(
     spacing = volume.geometry.spacing_mm
     nodules: list[tuple[npt.NDArray[np.bool_], bool | None, NoduleCategory]] = []
     taken = np.zeros(volume.shape, dtype=bool)
-    for _ in range(n_nodules):
-        shape = shapes[int(rng.integers(len(shapes)))]
+    for k in range(n_nodules + len(extra_shapes)):
+        # Drawn one at a time, in this order, so that scans without extra shapes stay as they always were.
+        shape = shapes[int(rng.integers(len(shapes)))] if k < n_nodules else extra_shapes[k - n_nodules]
         alpha = render_alpha(shape, spacing, 1.0, rng, spacing[0])
         for _attempt in range(20):
             c = choices[int(rng.integers(len(choices)))]
