@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from pipelines import registry
-from pipelines.base import CTVolume, NoduleCategory, ResultStatus, SeriesInfo, SourceSlice, VolumeGeometry
+from pipelines.base import (
+    CTVolume,
+    NoduleCategory,
+    PipelineResult,
+    ResultStatus,
+    SeriesInfo,
+    SourceSlice,
+    VolumeGeometry,
+)
 from pipelines.loading import load_series_dir
 from pipelines.lung_nodule.config import MIN_LONG_AXIS_MM
 from pipelines.lung_nodule.pipeline import LungNodulePipeline
@@ -39,10 +47,19 @@ def test_model_identity_names_the_shipped_weights(pipeline: LungNodulePipeline) 
     assert WEIGHTS_PATH.stat().st_size < 8 * 1024 * 1024
 
 
-def test_philips_annotated_mass_is_found(pipeline: LungNodulePipeline) -> None:
-    volume = load_series_dir(SHARED_CT / "philips-chest-64" / "dicom")
+@pytest.fixture(scope="module")
+def philips() -> CTVolume:
+    return load_series_dir(SHARED_CT / "philips-chest-64" / "dicom")
+
+
+@pytest.fixture(scope="module")
+def philips_result(pipeline: LungNodulePipeline, philips: CTVolume) -> PipelineResult:
+    return pipeline.run(philips)
+
+
+def test_philips_annotated_mass_is_found(philips: CTVolume, philips_result: PipelineResult) -> None:
+    volume, result = philips, philips_result
     (box,) = voc_lesion_boxes(volume, SHARED_CT / "philips-chest-64" / "annotations")
-    result = pipeline.run(volume)
     assert result.status is ResultStatus.COMPLETED
     assert result.disclaimer == "NOT FOR DIAGNOSTIC USE"
     inside = np.zeros(volume.shape, dtype=bool)
@@ -58,6 +75,19 @@ def test_philips_annotated_mass_is_found(pipeline: LungNodulePipeline) -> None:
     assert scores == sorted(scores, reverse=True)
     assert [f.number for f in sorted(result.findings, key=lambda f: f.number)] == list(range(1, len(scores) + 1))
     assert all(f.long_axis_mm >= MIN_LONG_AXIS_MM for f in result.findings), [f.summary() for f in result.findings]
+
+
+def test_the_false_positive_reducer_ships_and_prunes_candidates(
+    pipeline: LungNodulePipeline, philips_result: PipelineResult
+) -> None:
+    assert pipeline.bundle.fp_reducer is not None
+    assert pipeline.bundle.metadata["fp_reduction"]["real_lesion_check"]["found"] is True
+    measurements = philips_result.measurements
+    assert measurements["false_positive_reduction"] is True
+    # Candidates below the reducer's operating point are not reported (the mass above still is).
+    assert 0 < len(philips_result.findings) < int(measurements["candidates"])
+    assert all(f.detection_score >= pipeline.detection_threshold for f in philips_result.findings)
+    assert pipeline.detection_threshold == pipeline.bundle.metadata["detection_threshold"]
 
 
 def _with_nodule(

@@ -1,8 +1,9 @@
 """LungNodulePipeline: CT volume in, nodule findings out (the node's worker and `ainode analyze` call this).
 
 Steps: applicability checks -> working grid (2 mm) -> lung mask -> 3D UNet (sliding window, batched tiles)
--> connected components -> per candidate: mask back on the source grid, measurements, category from HU,
-malignancy + Grad-CAM from the 3D ResNet on a nodule-centred patch (candidates batched).
+-> connected components -> nodule-centred patches -> false-positive reducer (a 3D ResNet scoring "nodule or
+not", when the bundle has one) -> per candidate: mask back on the source grid, measurements, category from
+HU, malignancy + Grad-CAM from the malignancy 3D ResNet (candidates batched).
 """
 
 from __future__ import annotations
