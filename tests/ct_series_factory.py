@@ -91,3 +91,17 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def prepare_for_highdicom_legacy(ds: Dataset) -> None:
+    """highdicom's legacy converter (LegacyConvertedEnhancedCTImage) wants a few patient/study/equipment
+    attributes present that generated single-frame slices leave out."""
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyDate = "20200101"
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.Manufacturer = "test"

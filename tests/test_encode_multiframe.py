@@ -25,7 +25,7 @@ from node.encode.common import key_slice
 from node.encode.gradcam_sc import lung_window
 from pipelines.base import CTVolume, PipelineResult, SourceSlice
 from pipelines.loading import load_series
-from tests.ct_series_factory import write_series
+from tests.ct_series_factory import prepare_for_highdicom_legacy, write_series
 from tests.dciodvfy import judge
 from tests.encode_helpers import result_with, sphere_finding
 
@@ -46,25 +46,12 @@ def phantom() -> npt.NDArray[np.int16]:
     return hu
 
 
-def _prepare_for_highdicom(ds: pydicom.Dataset) -> None:
-    """highdicom's legacy converter wants a few patient/study/equipment attributes present."""
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.StudyDate = "20200101"
-    ds.StudyTime = "120000"
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = "1"
-    ds.SeriesNumber = 1
-    ds.Manufacturer = "test"
-
-
 def single_frame_series(folder: Path) -> list[pydicom.Dataset]:
     paths = write_series(folder, phantom())
     order = np.random.default_rng(SHUFFLE_SEED).permutation(len(paths))
     singles = [pydicom.dcmread(paths[int(i)]) for i in order]
     for ds in singles:
-        _prepare_for_highdicom(ds)
+        prepare_for_highdicom_legacy(ds)
     return singles
 
 

@@ -14,7 +14,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from pipelines.base import NotApplicable
 from pipelines.loading import load_series, load_series_dir
-from tests.ct_series_factory import numbered_phantom, write_series
+from tests.ct_series_factory import numbered_phantom, prepare_for_highdicom_legacy, write_series
 
 SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
 SIEMENS = SHARED_CT / "siemens-chest-99"
@@ -170,16 +170,8 @@ def test_legacy_converted_enhanced_ct_multiframe(tmp_path: Path) -> None:
     hu = numbered_phantom(5)
     paths = write_series(tmp_path / "single", hu, slope=1.0, intercept=-1024.0)
     singles = [pydicom.dcmread(p) for p in paths]
-    for ds in singles:  # highdicom wants a few patient/study attributes present
-        ds.PatientBirthDate = ""
-        ds.PatientSex = ""
-        ds.StudyDate = "20200101"
-        ds.StudyTime = "120000"
-        ds.AccessionNumber = ""
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = "1"
-        ds.SeriesNumber = 1
-        ds.Manufacturer = "test"
+    for ds in singles:
+        prepare_for_highdicom_legacy(ds)
     enhanced = LegacyConvertedEnhancedCTImage(
         legacy_datasets=singles,
         series_instance_uid=pydicom.uid.generate_uid(),
