@@ -102,21 +102,21 @@ class LungNodulePipeline:
 
     def run(self, volume: CTVolume) -> PipelineResult:
         try:
-            findings, measurements, timings = self._analyse(volume)
+            findings, measurements, timings = self._analyse(volume, min_score=self.detection_threshold)
         except NotApplicable as exc:
             return PipelineResult.not_applicable(self.name, self.model, exc.reason)
         return PipelineResult(
             pipeline=self.name,
             status=ResultStatus.COMPLETED,
             model=self.model,
-            findings=tuple(f for f in findings if f.detection_score >= self.detection_threshold),
+            findings=tuple(findings),
             measurements=measurements,
             timings_s=timings,
         )
 
     def candidates(self, volume: CTVolume) -> list[Finding]:
         """All candidates before the operating point (for FROC curves)."""
-        return self._analyse(volume)[0]
+        return self._analyse(volume, min_score=float("-inf"))[0]
 
     # --- steps -----------------------------------------------------------------------------------------
 
@@ -132,17 +132,20 @@ class LungNodulePipeline:
             centres.append((x, y, z))
         return CandidatePatches(patches, centres, [c.segmentation_score for c in components])
 
-    def _analyse(self, volume: CTVolume) -> tuple[list[Finding], dict[str, float | int | str], dict[str, float]]:
+    def _analyse(
+        self, volume: CTVolume, min_score: float
+    ) -> tuple[list[Finding], dict[str, float | int | str], dict[str, float]]:
+        """Findings scoring at least ``min_score`` (the operating point; -inf for all candidates)."""
         timings: dict[str, float] = {}
         check_applicable(volume)
         grid, hu, lungs, probability, lung_ml = self._segment_volume(volume, timings)
 
         t = time.perf_counter()
-        findings = self._findings(volume, grid, hu, lungs, probability)
+        findings, candidates = self._findings(volume, grid, hu, lungs, probability, min_score)
         timings["classify"] = time.perf_counter() - t
         measurements: dict[str, float | int | str] = {
             "lung_volume_ml": round(lung_ml, 1),
-            "candidates": len(findings),
+            "candidates": candidates,
             "detection_threshold": self.detection_threshold,
             "false_positive_reduction": self.bundle.fp_reducer is not None,
             "device": self.device.type,
@@ -201,7 +204,8 @@ class LungNodulePipeline:
             if extent_mm > config.MAX_CANDIDATE_EXTENT_MM:
                 continue  # longer than any lung mass: vessels, airway walls, the heart border
             # Mean, not peak, probability: on held-out composite scans it ranks nodules above vessel
-            # fragments better (CPM 0.165 vs 0.090, MODEL_CARD.md); a vessel often has one confident voxel.
+            # fragments better (CPM 0.165 vs 0.090 with the peak, all else equal); a vessel often has one
+            # confident voxel.
             score = float(probability[sl][comp].mean())
             centre = np.argwhere(comp).mean(axis=0) + [s.start for s in sl]
             components.append(_Component(score, index, sl, centre))
@@ -233,10 +237,12 @@ class LungNodulePipeline:
         hu: npt.NDArray[np.float32],
         lungs: npt.NDArray[np.bool_],
         probability: npt.NDArray[np.float32],
-    ) -> list[Finding]:
+        min_score: float,
+    ) -> tuple[list[Finding], int]:
+        """Findings scoring at least ``min_score``, best first, and how many candidates were scored."""
         components, labels = self._components(grid, lungs, probability)
         if not components:
-            return []
+            return [], 0
         patches = torch.from_numpy(self._patches(hu, labels, components)).to(self.device)
         # The detection score: the false-positive reducer's nodule probability when the bundle has one
         # (second stage, as in LUNA16 systems), else the segmenter's mean probability over the component.
@@ -244,8 +250,13 @@ class LungNodulePipeline:
         if self.bundle.fp_reducer is not None:
             with torch.no_grad(), _autocast(self.device):
                 scores = torch.sigmoid(self.bundle.fp_reducer(patches).float())[:, 0].cpu().tolist()
-        # Malignancy + Grad-CAM for all candidates in one batch.
-        probs, cams = malignancy_with_gradcam(self.bundle.classifier, patches)
+        # Only what passes the operating point gets measured, malignancy and Grad-CAM (one batch).
+        scored = len(components)
+        keep = [i for i, score in enumerate(scores) if score >= min_score]
+        if not keep:
+            return [], scored
+        components, scores = [components[i] for i in keep], [scores[i] for i in keep]
+        probs, cams = malignancy_with_gradcam(self.bundle.classifier, patches[keep])
         half = np.array(config.CLS_PATCH) // 2
         findings: list[Finding] = []
         for c, score, prob, cam in zip(components, scores, probs, cams, strict=True):
@@ -255,10 +266,11 @@ class LungNodulePipeline:
             if finding is not None:
                 findings.append(finding)
         findings.sort(key=lambda f: -f.detection_score)
-        return [
+        numbered = [
             Finding(**{**f.__dict__, "number": i})
             for i, f in enumerate(findings, start=1)  # numbered by detection score, after drops
         ]
+        return numbered, scored
 
     def _to_source(
         self,
