@@ -169,7 +169,13 @@ def test_patient_identity_never_reaches_the_log(tmp_path: Path) -> None:
         from tests.peers.net import wait_until
 
         wait_until(job_finished, 30, "the series-summary job")
+
+        def log_covers_the_data_path() -> bool:
+            # The worker logs job_done after committing "done", from another process: wait for the line.
+            text = node.log_text()
+            return "instance_stored" in text and "job_done" in text
+
+        wait_until(log_covers_the_data_path, 30, "instance_stored and job_done in the log")
         log = node.log_text()
-    assert "instance_stored" in log and "job_done" in log  # the log did cover the data's path
     for canary in CANARIES:
         assert canary not in log, f"{canary} leaked into the log"
