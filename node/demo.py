@@ -154,7 +154,7 @@ def run_demo(
         report.where_to_look = {
             "worklist": f"http://127.0.0.1:{http_port}/worklist (user demo, password {password})",
             "metrics": f"http://127.0.0.1:{http_port}/metrics",
-            "pacs_study": f"{orthanc.url}/app/explorer.html#study?uuid={_orthanc_study_id(orthanc, study_uid)}",
+            "pacs_study": f"{orthanc.url}/app/explorer.html#study?uuid={orthanc.lookup_id(study_uid)}",
             "dicomweb": f"{orthanc.dicomweb_url}/studies/{study_uid}/series",
             "node_status": f"ainode status --data-dir {config.storage.data_dir}",
         }
@@ -168,14 +168,6 @@ def run_demo(
         service.stop()
         orthanc.stop()
     return report
-
-
-def _orthanc_study_id(orthanc: LocalOrthanc, study_uid: str) -> str:
-    if not study_uid:
-        return ""
-    response = httpx.post(f"{orthanc.url}/tools/lookup", content=study_uid, timeout=30)  # plain-text body
-    found = response.json() if response.status_code == 200 else []
-    return str(found[0]["ID"]) if found else ""
 
 
 def judge_progress(jobs: list[dict[str, Any]], deliveries: list[dict[str, Any]]) -> tuple[str, str] | None:

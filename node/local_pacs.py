@@ -133,6 +133,12 @@ class LocalOrthanc:
         r.raise_for_status()
         return r.json()
 
+    def lookup_id(self, dicom_uid: str) -> str:
+        """Orthanc's own ID of a study/series/instance UID ("" if unknown). /tools/lookup takes a plain-text body."""
+        r = httpx.post(f"{self.url}/tools/lookup", content=dicom_uid, timeout=30, auth=self.auth)
+        found = r.json() if r.status_code == 200 else []
+        return str(found[0]["ID"]) if found else ""
+
     def upload(self, path: Path) -> dict[str, Any]:
         r = httpx.post(f"{self.url}/instances", content=path.read_bytes(), timeout=60, auth=self.auth)
         r.raise_for_status()

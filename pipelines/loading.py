@@ -210,7 +210,7 @@ def _frames_of(ds: Dataset) -> list[_Frame]:
     ]
 
 
-def _functional_group(ds: Dataset, index: int, sequence: str) -> Dataset | None:
+def functional_group(ds: Dataset, index: int, sequence: str) -> Dataset | None:
     """Item of ``sequence`` for frame ``index``: per-frame group first, shared group second."""
     for groups_name in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
         groups = ds.get(groups_name)
@@ -228,15 +228,15 @@ def _enhanced_frames(ds: Dataset) -> list[_Frame]:
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     frames: list[_Frame] = []
     for i in range(n_frames):
-        position_item = _functional_group(ds, i, "PlanePositionSequence")
-        orientation_item = _functional_group(ds, i, "PlaneOrientationSequence")
-        measures_item = _functional_group(ds, i, "PixelMeasuresSequence")
+        position_item = functional_group(ds, i, "PlanePositionSequence")
+        orientation_item = functional_group(ds, i, "PlaneOrientationSequence")
+        measures_item = functional_group(ds, i, "PixelMeasuresSequence")
         if position_item is None or orientation_item is None or measures_item is None:
             raise NotApplicable(f"multi-frame CT frame {i + 1} lacks plane position/orientation/spacing")
-        frame_type = _functional_group(ds, i, "CTImageFrameTypeSequence")
+        frame_type = functional_group(ds, i, "CTImageFrameTypeSequence")
         if frame_type is not None and "LOCALIZER" in [str(v) for v in _as_list(frame_type.get("FrameType"))]:
             raise NotApplicable("the series is a localizer (scout), not a cross-sectional CT")
-        transform = _functional_group(ds, i, "PixelValueTransformationSequence")
+        transform = functional_group(ds, i, "PixelValueTransformationSequence")
         source = transform if transform is not None else ds
         orientation = [float(v) for v in orientation_item.ImageOrientationPatient]
         spacing = [float(v) for v in measures_item.PixelSpacing]

@@ -19,7 +19,7 @@ from pydicom.uid import UID
 
 from node.errors import EncodeError
 from pipelines.base import CTVolume, Finding, PipelineResult
-from pipelines.loading import MULTI_FRAME_CT_CLASSES
+from pipelines.loading import MULTI_FRAME_CT_CLASSES, functional_group
 
 # Who made the objects. Manufacturer is the node; the model goes into ManufacturerModelName and
 # SoftwareVersions, and both into ContributingEquipmentSequence.
@@ -283,15 +283,10 @@ def frame_position(ds: pydicom.Dataset, frame_number: int | None) -> npt.NDArray
     """ImagePositionPatient of a single-frame image, or of one frame (1-based) of a multi-frame image."""
     if frame_number is None:
         return np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-    for groups_name in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
-        groups = ds.get(groups_name)
-        if not groups:
-            continue
-        group = groups[frame_number - 1] if groups_name.startswith("PerFrame") else groups[0]
-        positions = group.get("PlanePositionSequence")
-        if positions:
-            return np.asarray([float(v) for v in positions[0].ImagePositionPatient], dtype=np.float64)
-    raise EncodeError(f"frame {frame_number} of the multi-frame source image has no PlanePositionSequence")
+    position = functional_group(ds, frame_number - 1, "PlanePositionSequence")  # the loader's lookup
+    if position is None:
+        raise EncodeError(f"frame {frame_number} of the multi-frame source image has no PlanePositionSequence")
+    return np.asarray([float(v) for v in position.ImagePositionPatient], dtype=np.float64)
 
 
 def _check_geometry(volume: CTVolume, ordered: Sequence[pydicom.Dataset], frame_numbers: Sequence[int | None]) -> None:

@@ -45,13 +45,8 @@ def evaluate_composite(
     for scan in range(n_scans):
         base = series[scan % 2]
         case = composite_scan(base, shapes, rng, nodules_per_scan, mass if scan % 2 else [])
-        geo = case.volume.geometry
-        voxel_mm3 = float(np.prod(geo.spacing_mm))
         first_truth = len(truths)
-        for mask, _, _ in case.nodules:
-            centre = geo.voxel_to_patient(np.argwhere(mask).mean(axis=0))
-            radius = float((3 * mask.sum() * voxel_mm3 / (4 * np.pi)) ** (1 / 3))
-            truths.append(metrics.Truth(scan, tuple(float(v) for v in centre), max(radius, 3.0)))  # type: ignore[arg-type]
+        truths.extend(metrics.truth_of_mask(scan, mask, case.volume.geometry) for mask, _, _ in case.nodules)
         findings = pipeline.candidates(case.volume)
         cands = [metrics.Candidate(scan, f.detection_score, f.centre_mm) for f in findings]
         hits = metrics.match(cands, truths[first_truth:])

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from pipelines.base import VolumeGeometry
+
 FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -22,6 +24,15 @@ class Truth:
     scan: int
     centre_mm: tuple[float, float, float]
     radius_mm: float
+
+
+def truth_of_mask(scan: int, mask: npt.NDArray[np.bool_], geometry: VolumeGeometry) -> Truth:
+    """A blended nodule as ground truth: its centroid in patient mm and the radius of a sphere of its volume
+    (at least 3 mm, so that the hit rule below stays usable for the smallest nodules)."""
+    x, y, z = (float(v) for v in geometry.voxel_to_patient(np.argwhere(mask).mean(axis=0)))
+    volume_mm3 = float(mask.sum()) * float(np.prod(geometry.spacing_mm))
+    radius = (3 * volume_mm3 / (4 * np.pi)) ** (1 / 3)
+    return Truth(scan, (x, y, z), max(float(radius), 3.0))
 
 
 def match(candidates: list[Candidate], truths: list[Truth]) -> list[int | None]:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +35,14 @@ from pipelines.lung_nodule import config
 from pipelines.lung_nodule.gradcam import malignancy_with_gradcam
 from pipelines.lung_nodule.measure import largest_slice_axes
 from pipelines.lung_nodule.models import ModelBundle, load_bundle, select_device
-from pipelines.lung_nodule.preprocessing import WorkingGrid, bounding_box, lung_mask, to_working_grid, window
+from pipelines.lung_nodule.preprocessing import (
+    WorkingGrid,
+    bounding_box,
+    crop_around,
+    lung_mask,
+    to_working_grid,
+    window,
+)
 
 PIPELINE_NAME = "lung-nodule"
 
@@ -222,8 +228,8 @@ class LungNodulePipeline:
         patches = [
             np.stack(
                 [
-                    _crop(windowed, np.round(c.centre_w).astype(int), half, 0.0),
-                    (_crop(labels, np.round(c.centre_w).astype(int), half, 0.0) == c.index).astype(np.float32),
+                    crop_around(windowed, np.round(c.centre_w).astype(int), half, 0.0),
+                    (crop_around(labels, np.round(c.centre_w).astype(int), half, 0.0) == c.index).astype(np.float32),
                 ]
             )
             for c in components
@@ -365,17 +371,6 @@ def check_applicable(volume: CTVolume) -> None:
     thickness = max(volume.geometry.spacing_mm[0], info.slice_thickness_mm or 0.0)
     if thickness > config.MAX_SLICE_SPACING_MM:
         raise NotApplicable(f"slices too thick: {thickness:.1f} mm (at most {config.MAX_SLICE_SPACING_MM:.0f} mm)")
-
-
-def _crop(
-    volume: npt.NDArray[Any], centre: npt.NDArray[np.int64], half: npt.NDArray[np.int64], fill: float
-) -> npt.NDArray[np.float32]:
-    out = np.full(tuple(2 * half), fill, dtype=np.float32)
-    src = [slice(max(0, int(c - h)), min(n, int(c + h))) for c, h, n in zip(centre, half, volume.shape, strict=True)]
-    dst = [slice(s.start - int(c - h), s.stop - int(c - h)) for s, c, h in zip(src, centre, half, strict=True)]
-    if all(s.stop > s.start for s in src):
-        out[tuple(dst)] = volume[tuple(src)]
-    return out
 
 
 @contextmanager

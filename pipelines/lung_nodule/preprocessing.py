@@ -7,6 +7,7 @@ source voxel kept), so mapping between the two is a per-axis scale: no patient-s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -137,3 +138,15 @@ def bounding_box(
     start = tuple(max(0, int(c[0]) - margin) for c in coords)
     stop = tuple(min(n, int(c[-1]) + 1 + margin) for c, n in zip(coords, mask.shape, strict=True))
     return start, stop  # type: ignore[return-value]  # tuples of 3 from 3 axes
+
+
+def crop_around(
+    volume: npt.NDArray[Any], centre: npt.NDArray[np.int64], half: npt.NDArray[np.int64], fill: float
+) -> npt.NDArray[np.float32]:
+    """Fixed-size (2 * half) crop centred on ``centre``, padded with ``fill`` where it leaves the volume."""
+    out = np.full(tuple(2 * half), fill, dtype=np.float32)
+    src = [slice(max(0, int(c - h)), min(n, int(c + h))) for c, h, n in zip(centre, half, volume.shape, strict=True)]
+    dst = [slice(s.start - int(c - h), s.stop - int(c - h)) for s, c, h in zip(src, centre, half, strict=True)]
+    if all(s.stop > s.start for s in src):
+        out[tuple(dst)] = volume[tuple(src)]
+    return out

@@ -21,7 +21,7 @@ from monai.losses.dice import DiceCELoss, DiceFocalLoss, DiceLoss
 from pipelines.loading import load_series_dir
 from pipelines.lung_nodule.config import CLS_PATCH, MODEL_NAME, MODEL_VERSION, SEG_PATCH, WEIGHTS_PATH
 from pipelines.lung_nodule.models import build_classifier, build_segmenter, load_bundle, save_bundle
-from pipelines.lung_nodule.preprocessing import window
+from pipelines.lung_nodule.preprocessing import crop_around, window
 from pipelines.lung_nodule.synthesis import (
     Background,
     CompositePatch,
@@ -55,20 +55,15 @@ def classifier_batch(
             if malignant is None:
                 continue
             c = np.array(centre) + rng.integers(-2, 3, 3)
-            xs.append(np.stack([crop(window(p.image_hu), c, half, 0.0), crop(mask.astype(np.float32), c, half, 0.0)]))
+            xs.append(
+                np.stack(
+                    [crop_around(window(p.image_hu), c, half, 0.0), crop_around(mask.astype(np.float32), c, half, 0.0)]
+                )
+            )
             ys.append(float(malignant))
     if not xs:
         return None
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys)[:, None]
-
-
-def crop(volume: np.ndarray, centre: np.ndarray, half: np.ndarray, fill: float) -> np.ndarray:
-    """Fixed-size crop around ``centre``, padded with ``fill`` where it leaves the volume."""
-    out = np.full(tuple(2 * half), fill, dtype=np.float32)
-    src = [slice(max(0, c - h), min(n, c + h)) for c, h, n in zip(centre, half, volume.shape, strict=True)]
-    dst = [slice(s.start - (c - h), s.stop - (c - h)) for s, c, h in zip(src, centre, half, strict=True)]
-    out[tuple(dst)] = volume[tuple(src)]
-    return out
 
 
 class DiceWeightedBCELoss(torch.nn.Module):

@@ -88,12 +88,7 @@ def harvest(
         mass = procedural_shape(rng, float(rng.uniform(25, 60)))
         case = composite_scan(volume, shapes, rng, per_scan, forbidden, extra_shapes=[mass])
         geo = case.volume.geometry
-        voxel_mm3 = float(np.prod(geo.spacing_mm))
-        truths = []
-        for mask, _, _ in case.nodules:
-            centre = geo.voxel_to_patient(np.argwhere(mask).mean(axis=0))
-            radius = float((3 * mask.sum() * voxel_mm3 / (4 * np.pi)) ** (1 / 3))
-            truths.append(metrics.Truth(0, tuple(float(v) for v in centre), max(radius, 3.0)))  # type: ignore[arg-type]
+        truths = [metrics.truth_of_mask(0, mask, geo) for mask, _, _ in case.nodules]
         found = pipeline.candidate_patches(case.volume)
         hits = metrics.match(
             [metrics.Candidate(0, s, c) for s, c in zip(found.segmentation_scores, found.centres_mm, strict=True)],
