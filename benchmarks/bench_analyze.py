@@ -3,7 +3,7 @@
 The series is generated from the real Siemens series (99 slices, 3 mm) by resampling to 300 slices at
 1 mm, written as DICOM into a temp folder, then analysed in a child process so that its peak RSS is its own.
 
-    python benchmarks/bench_analyze.py [--threads 2] [--device cpu]
+    python benchmarks/bench_analyze.py [--threads 2] [--slices 300]
 """
 
 from __future__ import annotations

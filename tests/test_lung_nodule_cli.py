@@ -44,6 +44,7 @@ def test_analyze_dicom_out_writes_valid_results_for_the_philips_series(tmp_path:
     out = tmp_path / "dicom"
     assert main(["analyze", str(series), "--json", str(tmp_path / "r.json"), "--dicom-out", str(out)]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
+    assert result["findings"], "the Philips series' annotated mass is a finding, so SEG and SC must be written"
     files = sorted(out.glob("*.dcm"))
     modalities = sorted(pydicom.dcmread(f, stop_before_pixels=True).Modality for f in files)
     # One SR always; with findings, one SEG and one Grad-CAM SC per nodule.

@@ -20,11 +20,9 @@ import numpy as np
 
 from pipelines.loading import load_series_dir
 from pipelines.lung_nodule import metrics
-from pipelines.lung_nodule.config import WEIGHTS_PATH
+from pipelines.lung_nodule.config import DEFAULT_MALIGNANCY_THRESHOLD, SHARED_CT, WEIGHTS_PATH
 from pipelines.lung_nodule.pipeline import LungNodulePipeline
 from pipelines.lung_nodule.synthesis import composite_scan, load_lidc_shapes, voc_lesion_boxes
-
-SHARED_CT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ct"
 
 
 def evaluate_composite(
@@ -70,7 +68,7 @@ def evaluate_composite(
     op_hits = metrics.match(op, truths)
     det_sens = len({h for h in op_hits if h is not None}) / max(1, len(truths))
     det_fp = sum(h is None for h in op_hits) / n_scans
-    threshold = 0.5
+    threshold = float(pipeline.bundle.metadata.get("malignancy_threshold", DEFAULT_MALIGNANCY_THRESHOLD))
     conf = metrics.confusion(mal_labels, np.asarray(mal_scores) >= threshold)
     return {
         "scans": n_scans,

@@ -19,8 +19,6 @@ from scipy import ndimage
 
 from pipelines.lung_nodule.config import HU_WINDOW, WORKING_SPACING_MM
 
-AIR_HU = -1024.0
-
 
 @dataclass(frozen=True)
 class WorkingGrid:

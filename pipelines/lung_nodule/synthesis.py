@@ -22,7 +22,7 @@ from scipy import ndimage
 from skimage.draw import polygon
 
 from pipelines.base import CTVolume, NoduleCategory
-from pipelines.lung_nodule.preprocessing import WorkingGrid, bounding_box, lung_mask, to_working_grid
+from pipelines.lung_nodule.preprocessing import WorkingGrid, lung_mask, to_working_grid
 
 
 @dataclass(frozen=True)
@@ -276,12 +276,6 @@ def sample_patch(
             centre_vox = tuple(int(v) for v in np.round(np.argwhere(mask).mean(axis=0)))
             nodules.append((centre_vox, shape.malignant, mask))  # type: ignore[arg-type]  # tuple of 3
     return CompositePatch(hu, label, nodules)
-
-
-def lung_bbox_slices(lungs: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice]:
-    box = bounding_box(lungs)
-    assert box is not None
-    return tuple(slice(a, b) for a, b in zip(*box, strict=True))  # type: ignore[return-value]  # 3 axes
 
 
 @dataclass

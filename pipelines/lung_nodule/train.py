@@ -19,7 +19,16 @@ import torch
 from monai.losses.dice import DiceCELoss, DiceFocalLoss, DiceLoss
 
 from pipelines.loading import load_series_dir
-from pipelines.lung_nodule.config import CLS_PATCH, MODEL_NAME, MODEL_VERSION, SEG_PATCH, WEIGHTS_PATH
+from pipelines.lung_nodule.config import (
+    CLS_PATCH,
+    DEFAULT_DETECTION_THRESHOLD,
+    DEFAULT_MALIGNANCY_THRESHOLD,
+    MODEL_NAME,
+    MODEL_VERSION,
+    SEG_PATCH,
+    SHARED_CT,
+    WEIGHTS_PATH,
+)
 from pipelines.lung_nodule.models import build_classifier, build_segmenter, load_bundle, save_bundle
 from pipelines.lung_nodule.preprocessing import crop_around, window
 from pipelines.lung_nodule.synthesis import (
@@ -30,8 +39,6 @@ from pipelines.lung_nodule.synthesis import (
     sample_patch,
     voc_lesion_boxes,
 )
-
-SHARED_CT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ct"
 
 
 def default_backgrounds(shared_ct: Path = SHARED_CT) -> list[Background]:
@@ -179,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "train_shapes": len(shapes),
         "backgrounds": [b.name for b in backgrounds],
-        "detection_threshold": 0.5,
-        "malignancy_threshold": 0.5,
+        "detection_threshold": DEFAULT_DETECTION_THRESHOLD,
+        "malignancy_threshold": DEFAULT_MALIGNANCY_THRESHOLD,
     }
     digest = save_bundle(args.out, segmenter, classifier, metadata)
     print(

@@ -30,8 +30,8 @@ import torch
 
 from pipelines.loading import load_series_dir
 from pipelines.lung_nodule import metrics
-from pipelines.lung_nodule.config import WEIGHTS_PATH
-from pipelines.lung_nodule.models import build_fp_reducer, load_bundle, save_bundle
+from pipelines.lung_nodule.config import SHARED_CT, WEIGHTS_PATH
+from pipelines.lung_nodule.models import build_fp_reducer, save_bundle
 from pipelines.lung_nodule.pipeline import LungNodulePipeline
 from pipelines.lung_nodule.synthesis import (
     NoduleShape,
@@ -40,7 +40,6 @@ from pipelines.lung_nodule.synthesis import (
     procedural_shape,
     voc_lesion_boxes,
 )
-from pipelines.lung_nodule.train import SHARED_CT
 
 # Recall first: the threshold keeps this share of the nodules the segmenter found (on the other
 # background's candidates); the false positives fall where they may.
@@ -167,7 +166,7 @@ def cross_background(
     train: CandidateSet, test: CandidateSet, scores: npt.NDArray[np.float32], threshold: float
 ) -> dict[str, Any]:
     """What the reducer does to the other background's candidates at ``threshold``."""
-    _, y = test.arrays()
+    y = np.asarray(test.labels, dtype=bool)
     keep = scores >= threshold
     found_before = {n for n, lab in zip(test.nodule_ids, y, strict=True) if lab}
     found_after = {n for n, lab, k in zip(test.nodule_ids, y, keep, strict=True) if lab and k}
@@ -237,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"harvesting candidates: {args.scans} composite scans per background", flush=True)
     sets = [harvest(pipeline, b, args.scans, args.nodules_per_scan, rng, shapes) for b in BACKGROUNDS]
 
+    arrays = [c.arrays() for c in sets]  # stacked once: ~2,000 patches of 2 x 32^3
     folds = []
     out_of_fold_scores, out_of_fold_labels = [], []
     for train_i, test_i in ((0, 1), (1, 0)):
         print(f"cross-background: train on {sets[train_i].background}, test on {sets[test_i].background}", flush=True)
-        x, y = sets[train_i].arrays()
+        x, y = arrays[train_i]
         model = train_reducer(x, y, args.iterations, args.batch, args.seed)
-        x_test, y_test = sets[test_i].arrays()
+        x_test, y_test = arrays[test_i]
         s = score(model, x_test)
         out_of_fold_scores.append(s)
         out_of_fold_labels.append(y_test)
@@ -259,7 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=1), flush=True)
 
     print("training the shipped reducer on both backgrounds", flush=True)
-    arrays = [c.arrays() for c in sets]
     final = train_reducer(
         np.concatenate([a[0] for a in arrays]),
         np.concatenate([a[1] for a in arrays]),
@@ -277,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    bundle = load_bundle(args.bundle, torch.device("cpu"))
+    bundle = pipeline.bundle  # its segmenter and classifier go into the new bundle unchanged
     metadata = {
         **bundle.metadata,
         "detection_threshold": threshold,
