@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from pipelines.base import NoduleCategory
-from pipelines.lung_nodule import metrics
 from pipelines.lung_nodule.measure import axes_mm
 from pipelines.lung_nodule.pipeline import categorise
+from pipelines.lung_nodule.training import metrics
 
 
 def test_froc_counts_hits_false_positives_and_ignores_duplicates() -> None:

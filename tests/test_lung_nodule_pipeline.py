@@ -21,7 +21,7 @@ from pipelines.base import (
 from pipelines.loading import load_series_dir
 from pipelines.lung_nodule.config import MIN_LONG_AXIS_MM
 from pipelines.lung_nodule.pipeline import LungNodulePipeline
-from pipelines.lung_nodule.synthesis import blend, procedural_shape, render_alpha, voc_lesion_boxes
+from pipelines.lung_nodule.training.synthesis import blend, procedural_shape, render_alpha, voc_lesion_boxes
 
 SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
 

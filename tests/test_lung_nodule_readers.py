@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.loading import load_series_dir
-from pipelines.lung_nodule.readers import read_lidc_xml, read_luna16_annotations, read_mhd
+from pipelines.lung_nodule.training.readers import read_lidc_xml, read_luna16_annotations, read_mhd
 from tests.ct_series_factory import numbered_phantom, write_series
 
 

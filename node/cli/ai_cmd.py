@@ -22,11 +22,13 @@ def register(subparsers: Any) -> None:
     analyze.set_defaults(func=_analyze)
 
     train = subparsers.add_parser("train", help="train the lung-nodule models (composite data)")
-    train.add_argument("train_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.train")
+    train.add_argument("train_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.training.train")
     train.set_defaults(func=_train)
 
     evaluate = subparsers.add_parser("evaluate", help="FROC/CPM, Dice, AUC, confusion on held-out + real data")
-    evaluate.add_argument("evaluate_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.evaluate")
+    evaluate.add_argument(
+        "evaluate_args", nargs=argparse.REMAINDER, help="passed to pipelines.lung_nodule.training.evaluate"
+    )
     evaluate.set_defaults(func=_evaluate)
 
 
@@ -84,13 +86,13 @@ def _write_dicom(result: Any, volume: Any, args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipelines.lung_nodule import train
+    from pipelines.lung_nodule.training import train
 
     return train.main(_passthrough(args.train_args))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pipelines.lung_nodule import evaluate
+    from pipelines.lung_nodule.training import evaluate
 
     return evaluate.main(_passthrough(args.evaluate_args))
 

@@ -6,8 +6,6 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WEIGHTS_PATH = PACKAGE_DIR / "weights" / "lung_nodule.pt"
-# The two real chest CTs of ../shared/data: training backgrounds and the real-data checks.
-SHARED_CT = PACKAGE_DIR.parents[1].parent / "shared" / "data" / "ct"
 
 MODEL_NAME = "ainode-lung-nodule"
 # The pipeline's version: bumped when post-processing changes results, even with the same weights

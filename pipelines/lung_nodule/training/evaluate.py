@@ -1,6 +1,6 @@
 """Evaluation: held-out composite scans (FROC/CPM, Dice, malignancy AUC, confusion) and the real series.
 
-    python -m pipelines.lung_nodule.evaluate --out artifacts/eval --scans 6
+    python -m pipelines.lung_nodule.training.evaluate --out artifacts/eval --scans 6
 
 Composite scans are the two real series with *held-out* LIDC nodules (scans whose LIDC id % 5 == 0, never
 used in training) blended in on the source grid. The Philips series is also run as is: its annotated
@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from pipelines.loading import load_series_dir
-from pipelines.lung_nodule import metrics
-from pipelines.lung_nodule.config import DEFAULT_MALIGNANCY_THRESHOLD, SHARED_CT, WEIGHTS_PATH
+from pipelines.lung_nodule.config import DEFAULT_MALIGNANCY_THRESHOLD, WEIGHTS_PATH
 from pipelines.lung_nodule.pipeline import LungNodulePipeline
-from pipelines.lung_nodule.synthesis import composite_scan, load_lidc_shapes, voc_lesion_boxes
+from pipelines.lung_nodule.training import metrics
+from pipelines.lung_nodule.training.shared_data import SHARED_CT
+from pipelines.lung_nodule.training.synthesis import composite_scan, load_lidc_shapes, voc_lesion_boxes
 
 
 def evaluate_composite(

