@@ -10,7 +10,9 @@ WEIGHTS_PATH = PACKAGE_DIR / "weights" / "lung_nodule.pt"
 MODEL_NAME = "ainode-lung-nodule"
 # The pipeline's version: bumped when post-processing changes results, even with the same weights
 # (which results identify by their SHA-256). 0.2.0: mean-probability score, 3 mm floor, thin-component outline.
-MODEL_VERSION = "0.2.0"
+# 0.3.0: a 4x wider segmenter trained on four real backgrounds with hard negatives; vessel-touching
+# candidates split; reducer retrained on the new candidates.
+MODEL_VERSION = "0.3.0"
 
 # The networks see the CT resampled to this isotropic spacing. 2 mm keeps a whole chest under ~2 M voxels
 # (CPU budget) and still resolves nodules from ~4 mm diameter.

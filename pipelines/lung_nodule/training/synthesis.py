@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -151,15 +151,20 @@ def blend(
     corner: tuple[int, int, int],
     category: NoduleCategory,
     rng: np.random.Generator,
+    ggo_hu: tuple[float, float] = (-700.0, -450.0),
+    noise_hu: tuple[float, float] = (20.0, 60.0),
 ) -> npt.NDArray[np.bool_]:
-    """Blend a nodule into ``hu`` in place with its corner at ``corner``; return its label (alpha > 0.5)."""
+    """Blend a nodule into ``hu`` in place with its corner at ``corner``; return its label (alpha > 0.5).
+
+    ``ggo_hu``: range of a ground-glass nodule's mean HU; ``noise_hu``: range of its texture's amplitude
+    (the defaults are the evaluation composites'; training draws wider, see ``sample_patch``)."""
     region = tuple(slice(max(0, c), c + n) for c, n in zip(corner, alpha.shape, strict=True))
     a_region = tuple(slice(max(0, -c), max(0, -c) + (r.stop - r.start)) for c, r in zip(corner, region, strict=True))
     bg = hu[region]
     a = alpha[a_region][tuple(slice(0, n) for n in bg.shape)]
-    noise = ndimage.gaussian_filter(rng.normal(0, 1, a.shape), 0.7).astype(np.float32) * rng.uniform(20, 60)
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, a.shape), 0.7).astype(np.float32) * rng.uniform(*noise_hu)
     if category is NoduleCategory.GROUND_GLASS:
-        target = rng.uniform(-700, -450) + noise
+        target = rng.uniform(*ggo_hu) + noise
         out = np.maximum(bg, bg + a * (target - bg))
     else:
         solid = rng.uniform(-20, 60) + noise
@@ -190,6 +195,11 @@ class Background:
     spacing: tuple[float, float, float]
     native_thickness_mm: float
     forbidden: npt.NDArray[np.bool_]  # voxels near real lesions: never sampled as "no nodule"
+    # Patch centres, precomputed (an argwhere over the whole lung per patch cost more than the synthesis):
+    # any lung voxel, and "hard" ones: dense voxels inside the lung mask (vessels, fissures, pleura,
+    # opacities, atelectasis), where a segmenter's false positives come from.
+    lung_centres: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    hard_centres: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
 
 
 def make_background(name: str, volume: CTVolume, lesion_boxes: list[tuple[slice, slice, slice]]) -> Background:
@@ -204,7 +214,48 @@ def make_background(name: str, volume: CTVolume, lesion_boxes: list[tuple[slice,
             slice(max(0, int(s.start * f) - m), int(np.ceil(s.stop * f)) + m) for s, f in zip(box, scale, strict=True)
         )
         forbidden[sl] = True
-    return Background(name, hu, lungs, grid.spacing, float(volume.geometry.spacing_mm[0]), forbidden)
+    allowed = lungs & ~forbidden
+    hard = allowed & (hu > -500.0)
+    return Background(
+        name,
+        hu,
+        lungs,
+        grid.spacing,
+        float(volume.geometry.spacing_mm[0]),
+        forbidden,
+        lung_centres=np.argwhere(allowed),
+        hard_centres=np.argwhere(hard),
+    )
+
+
+def lidc_mark_boxes(volume: CTVolume, xml_path: Path, margin_mm: float = 6.0) -> list[tuple[slice, slice, slice]]:
+    """Source-grid boxes around every reader mark of an LIDC XML (outlined nodules and < 3 mm points).
+
+    Used to keep a real LIDC scan's own nodules out of the negatives when it serves as a background;
+    "non-nodule" marks are not included (they are real negatives, and hard ones).
+    """
+    ns = {"n": "http://www.nih.gov"}
+    index = {s.sop_instance_uid: k for k, s in enumerate(volume.slices)}
+    spacing = volume.geometry.spacing_mm
+    boxes = []
+    for nodule in ElementTree.parse(xml_path).getroot().iterfind(".//n:unblindedReadNodule", ns):
+        points = []
+        for roi in nodule.iterfind("n:roi", ns):
+            k = index.get(roi.findtext("n:imageSOP_UID", default="", namespaces=ns))
+            if k is None:
+                continue
+            for edge in roi.iterfind("n:edgeMap", ns):
+                x = float(edge.findtext("n:xCoord", default="0", namespaces=ns))
+                y = float(edge.findtext("n:yCoord", default="0", namespaces=ns))
+                points.append((k, y, x))
+        if not points:
+            continue
+        pts = np.array(points)
+        m = [int(np.ceil(margin_mm / d)) for d in spacing]
+        lo = np.maximum(0, pts.min(axis=0).astype(int) - m)
+        hi = np.minimum(volume.shape, pts.max(axis=0).astype(int) + 1 + np.array(m))
+        boxes.append(tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)))
+    return boxes  # type: ignore[return-value]  # tuples of 3 slices
 
 
 def voc_lesion_boxes(volume: CTVolume, annotation_dir: Path) -> list[tuple[slice, slice, slice]]:
@@ -239,12 +290,16 @@ def sample_patch(
     rng: np.random.Generator,
     size: tuple[int, int, int],
     max_nodules: int = 3,
+    hard_fraction: float = 0.5,
+    juxtapleural_fraction: float = 0.3,
 ) -> CompositePatch:
+    """A training patch from a random background: centred on a hard (dense) lung voxel with probability
+    ``hard_fraction``, else anywhere in the lungs; 0-``max_nodules`` nodules blended in, some of them on the
+    lung's edge (juxtapleural, like many real nodules) with probability ``juxtapleural_fraction``."""
     bg = backgrounds[int(rng.integers(len(backgrounds)))]
-    allowed = bg.lungs & ~bg.forbidden
-    candidates = np.argwhere(allowed)
+    pool = bg.hard_centres if len(bg.hard_centres) and rng.random() < hard_fraction else bg.lung_centres
     for _ in range(20):
-        centre = candidates[int(rng.integers(len(candidates)))]
+        centre = pool[int(rng.integers(len(pool)))]
         start = [int(c) - n // 2 for c, n in zip(centre, size, strict=True)]
         start = [min(max(0, s), max(0, d - n)) for s, d, n in zip(start, bg.hu.shape, size, strict=True)]
         sl = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
@@ -258,7 +313,12 @@ def sample_patch(
     lungs[: lcrop.shape[0], : lcrop.shape[1], : lcrop.shape[2]] = lcrop
     label = np.zeros(size, dtype=bool)
     nodules: list[tuple[tuple[int, int, int], bool | None, npt.NDArray[np.bool_]]] = []
-    inner = np.argwhere(lungs[8:-8, 8:-8, 8:-8]) + 8
+    interior = np.zeros(size, dtype=bool)
+    interior[8:-8, 8:-8, 8:-8] = True
+    inner = np.argwhere(lungs & interior)
+    edge = np.argwhere(lungs & ~ndimage.binary_erosion(lungs, iterations=2) & interior)
+    # The label stays inside the (closed) lung mask: a juxtapleural nodule's outline ends at the pleura.
+    within = ndimage.binary_dilation(lungs, iterations=1)
     n_nodules = (0 if rng.random() < 0.15 else int(rng.integers(1, max_nodules + 1))) if len(inner) else 0
     for _ in range(n_nodules):
         if rng.random() < 0.2:
@@ -268,9 +328,13 @@ def sample_patch(
             shape = shapes[int(rng.integers(len(shapes)))]
             scale = float(rng.uniform(0.8, 1.25))
         alpha = render_alpha(shape, bg.spacing, scale, rng, bg.native_thickness_mm)
-        c = inner[int(rng.integers(len(inner)))]
+        where = edge if len(edge) and rng.random() < juxtapleural_fraction else inner
+        c = where[int(rng.integers(len(where)))]
         corner = tuple(int(ci) - n // 2 for ci, n in zip(c, alpha.shape, strict=True))
-        mask = blend(hu, alpha, corner, shape.category, rng)  # type: ignore[arg-type]  # tuple of 3
+        # Wider than the evaluation composites: real ground glass starts fainter (LIDC-IDRI-0002's nodule has
+        # a median of about -690 HU) and is more heterogeneous.
+        mask = blend(hu, alpha, corner, shape.category, rng, (-820.0, -450.0), (20.0, 100.0))  # type: ignore[arg-type]
+        mask &= within
         if mask.any():
             label |= mask
             centre_vox = tuple(int(v) for v in np.round(np.argwhere(mask).mean(axis=0)))
