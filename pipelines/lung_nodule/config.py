@@ -41,6 +41,13 @@ MIN_LONG_AXIS_MM = 3.0
 # Longer than the largest lung masses (the Philips adenocarcinoma is ~70 mm): such components are vessels,
 # airway walls or the heart border, and their per-candidate work dominated the run time.
 MAX_CANDIDATE_EXTENT_MM = 100.0
+# Splitting merged candidates: a component longer than SPLIT_MIN_EXTENT_MM that fills less than
+# SPLIT_MAX_FILL of its bounding box (a vessel tree, or a nodule touching one), or any component longer than
+# MAX_CANDIDATE_EXTENT_MM, is cut by watershed at its narrow points, seeded at points at least
+# SPLIT_MIN_RADIUS_MM from its surface (a 6 mm nodule's centre; vessels are thinner).
+SPLIT_MIN_EXTENT_MM = 24.0
+SPLIT_MAX_FILL = 0.25
+SPLIT_MIN_RADIUS_MM = 3.0
 # Default operating points; the trained bundle stores the ones chosen on validation (recall first).
 DEFAULT_DETECTION_THRESHOLD = 0.5
 DEFAULT_MALIGNANCY_THRESHOLD = 0.5

@@ -20,6 +20,8 @@ import numpy.typing as npt
 import torch
 from monai.inferers.utils import sliding_window_inference
 from scipy import ndimage
+from skimage.feature import peak_local_max
+from skimage.segmentation import watershed
 
 from pipelines.base import (
     CTVolume,
@@ -193,19 +195,30 @@ class LungNodulePipeline:
     def _components(
         self, grid: WorkingGrid, lungs: npt.NDArray[np.bool_], probability: npt.NDArray[np.float32]
     ) -> tuple[list[_Component], npt.NDArray[np.int32]]:
-        """Connected components of the segmentation that could be nodules, highest probability first."""
+        """Connected components of the segmentation that could be nodules, highest probability first.
+
+        A sparse component (a nodule touching a vessel tree, or a vessel tree alone) is split at its
+        narrow points first, so that the nodule becomes a candidate of its own instead of the whole tree
+        being dropped as too long.
+        """
         labels, n = ndimage.label(probability > config.SEGMENTATION_THRESHOLD)
         if n == 0:
             return [], labels
         near_lung = ndimage.binary_dilation(lungs, iterations=2)
         voxel_mm3 = float(np.prod(grid.spacing))
         components = []
+        pieces: list[tuple[int, tuple[slice, ...]]] = []  # (label, box) of each candidate
         for index, sl in enumerate(ndimage.find_objects(labels), start=1):
             if sl is None:
                 continue
             comp = labels[sl] == index
             if comp.sum() * voxel_mm3 < config.MIN_CANDIDATE_VOLUME_MM3 or not (near_lung[sl] & comp).any():
                 continue  # too small to measure, or outside the lungs (false-positive reduction)
+            pieces.extend(split_sparse_component(labels, sl, index, grid.spacing))
+        for index, sl in pieces:
+            comp = labels[sl] == index
+            if comp.sum() * voxel_mm3 < config.MIN_CANDIDATE_VOLUME_MM3:
+                continue
             extent_mm = max((s.stop - s.start) * d for s, d in zip(sl, grid.spacing, strict=True))
             if extent_mm > config.MAX_CANDIDATE_EXTENT_MM:
                 continue  # longer than any lung mass: vessels, airway walls, the heart border
@@ -339,6 +352,50 @@ class LungNodulePipeline:
             gradcam=np.clip(cam_src, 0.0, 1.0).astype(np.float32),
             category=categorise(hu_in),
         )
+
+
+def split_sparse_component(
+    labels: npt.NDArray[np.int32], sl: tuple[slice, ...], index: int, spacing: tuple[float, float, float]
+) -> list[tuple[int, tuple[slice, ...]]]:
+    """Component ``index`` (inside box ``sl``), split at its narrow points when it is long and sparse.
+
+    A nodule touching vessels merges with them into one long, sparse component; a compact mass does not.
+    Watershed on the distance to the component's surface, seeded at its thick points (local maxima of at
+    least config.SPLIT_MIN_RADIUS_MM): each thick point keeps the voxels closest to it. Pieces get new labels
+    above the highest one in ``labels`` (written in place). Returns (label, box in volume coordinates) of
+    every piece, the component itself when it is not split.
+    """
+    comp = labels[sl] == index
+    extent_mm = max((s.stop - s.start) * d for s, d in zip(sl, spacing, strict=True))
+    fill = float(comp.sum()) / float(comp.size)
+    unsplit = [(index, sl)]
+    if extent_mm <= config.SPLIT_MIN_EXTENT_MM or (
+        fill >= config.SPLIT_MAX_FILL and extent_mm <= config.MAX_CANDIDATE_EXTENT_MM
+    ):
+        return unsplit
+    distance = ndimage.distance_transform_edt(comp, sampling=spacing)
+    peaks = peak_local_max(  # type: ignore[no-untyped-call]  # skimage is untyped
+        distance,
+        min_distance=max(1, round(config.SPLIT_MIN_RADIUS_MM / min(spacing))),
+        threshold_abs=config.SPLIT_MIN_RADIUS_MM,
+        labels=comp.astype(np.int32),
+        exclude_border=False,
+    )
+    if len(peaks) < 2:
+        return unsplit
+    markers = np.zeros(comp.shape, dtype=np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    split = watershed(-distance, markers, mask=comp)  # type: ignore[no-untyped-call]  # skimage is untyped
+    first = int(labels.max()) + 1
+    region = labels[sl]
+    region[comp] = first + split[comp] - 1
+    out = []
+    for k, box in enumerate(ndimage.find_objects(split), start=0):
+        if box is not None:
+            out.append(
+                (first + k, tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, sl, strict=True)))
+            )
+    return out
 
 
 def categorise(hu: npt.NDArray[np.float32]) -> NoduleCategory | None:

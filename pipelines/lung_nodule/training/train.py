@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from monai.losses.dice import DiceCELoss, DiceFocalLoss, DiceLoss
 
-from pipelines.loading import load_series_dir
 from pipelines.lung_nodule.config import (
     CLS_PATCH,
     DEFAULT_DETECTION_THRESHOLD,
@@ -38,36 +37,18 @@ from pipelines.lung_nodule.models import (
     select_device,
 )
 from pipelines.lung_nodule.preprocessing import crop_around, window
-from pipelines.lung_nodule.training.shared_data import SHARED_CT
+from pipelines.lung_nodule.training.shared_data import SHARED_CT, TRAINING_SERIES, load_training_series
 from pipelines.lung_nodule.training.synthesis import (
     Background,
     CompositePatch,
-    lidc_mark_boxes,
     load_lidc_shapes,
     make_background,
     sample_patch,
-    voc_lesion_boxes,
 )
-
-# The real series used as training backgrounds (every figure measured on one of them says so).
-# Their own lesions never become negatives: the Philips adenocarcinoma (VOC boxes) and every reader mark of
-# LIDC-IDRI-0002 are kept out of the sampled patches (20 mm margin around lesion boxes); the COVID chest has
-# no nodules, so its ground glass and consolidation are all hard negatives.
-TRAINING_SERIES = ("siemens-chest-99", "philips-chest-64", "lidc-idri-0002", "ricord-chest-255")
 
 
 def default_backgrounds(shared_ct: Path = SHARED_CT, names: tuple[str, ...] = TRAINING_SERIES) -> list[Background]:
-    out = []
-    for name in names:
-        folder = shared_ct / name
-        volume = load_series_dir(folder / "dicom" if (folder / "dicom").is_dir() else folder)
-        lesions: list[tuple[slice, slice, slice]] = []
-        if (folder / "annotations").is_dir():
-            lesions += voc_lesion_boxes(volume, folder / "annotations")
-        for xml in sorted(folder.glob("*.xml")):
-            lesions += lidc_mark_boxes(volume, xml)
-        out.append(make_background(name, volume, lesions))
-    return out
+    return [make_background(name, *load_training_series(name, shared_ct)) for name in names]
 
 
 def classifier_batch(
