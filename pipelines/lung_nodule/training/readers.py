@@ -342,9 +342,10 @@ def cluster_marks(marks: list[ReaderMark], tolerance_mm: float = CLUSTER_TOLERAN
     """Group the readers' marks into lesions (the step pylidc calls ``cluster_annotations``).
 
     Rule: two marks of *different* readers are linked when the distance between their centres is at most the
-    larger of their radii (half the outline's diameter; 0 for a point) plus ``tolerance_mm``. Links are taken
-    closest first, and one that would put two marks of the same reader in one lesion is refused (a reader marks
-    a lesion once). Clusters are returned largest (most readers) first, then by position.
+    larger of their radii (half the outline's diameter; 0 for a point) plus ``tolerance_mm``. Links between two
+    outlines (>= 3 mm nodules) are taken first, then the others, each closest first; a link that would put two
+    marks of the same reader in one lesion is refused (a reader marks a lesion once), so a reader's nearby point
+    cannot keep its own outline out of the lesion. Clusters are returned largest (most readers) first, then by position.
     """
     parent = list(range(len(marks)))
     readers = [{m.reader} for m in marks]
@@ -363,8 +364,9 @@ def cluster_marks(marks: list[ReaderMark], tolerance_mm: float = CLUSTER_TOLERAN
                 continue
             d = float(np.linalg.norm(np.subtract(a.centre_mm, b.centre_mm)))
             if d <= max(a.diameter_mm, b.diameter_mm) / 2 + tolerance_mm:
-                pairs.append((d, i, j))
-    for _, i, j in sorted(pairs):
+                outlines = a.kind is MarkKind.NODULE and b.kind is MarkKind.NODULE
+                pairs.append((not outlines, d, i, j))
+    for _, _, i, j in sorted(pairs):
         ri, rj = root(i), root(j)
         if ri == rj or readers[ri] & readers[rj]:
             continue
