@@ -1,7 +1,14 @@
-"""Detection FROC/CPM (LUNA16), Dice, ROC AUC and confusion counts: plain numpy, no plotting."""
+"""Detection FROC/CPM (LUNA16), Dice, ROC AUC and confusion counts: plain numpy, no plotting.
+
+LUNA16 scoring: a candidate whose centre lies within a reference nodule's radius hits it (the highest-scoring
+hit counts, further hits on the same nodule are ignored); a candidate that hits no reference nodule but lies
+within an *irrelevant* finding (LUNA16's annotations_excluded: nodules of fewer readers, < 3 mm nodules,
+non-nodules) counts neither as a hit nor as a false positive; every other candidate is a false positive.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,21 +58,86 @@ def match(candidates: list[Candidate], truths: list[Truth]) -> list[int | None]:
     return out
 
 
+# Radius of an irrelevant finding whose size is unknown (LUNA16's annotations_excluded has -1 for the
+# diameter of < 3 mm nodules and non-nodules; its evaluation script takes 10 mm for them).
+UNKNOWN_EXCLUDED_DIAMETER_MM = 10.0
+
+
+def excluded_radius_mm(diameter_mm: float) -> float:
+    """Hit radius of an irrelevant finding: half its diameter, or half of 10 mm where the size is unknown."""
+    return (diameter_mm if diameter_mm > 0 else UNKNOWN_EXCLUDED_DIAMETER_MM) / 2
+
+
+def irrelevant_hits(candidates: list[Candidate], truths: list[Truth], irrelevant: Sequence[Truth]) -> list[bool]:
+    """Per candidate: it hits no reference nodule but lies within an irrelevant finding (neither hit nor FP)."""
+    if not irrelevant:
+        return [False] * len(candidates)
+    return [
+        h is None and x is not None
+        for h, x in zip(match(candidates, truths), match(candidates, list(irrelevant)), strict=True)
+    ]
+
+
+def outcomes(candidates: list[Candidate], truths: list[Truth], irrelevant: Sequence[Truth] = ()) -> list[str]:
+    """Per candidate "hit" (first, i.e. best-scoring, hit of its nodule), "duplicate" (a further hit),
+    "irrelevant" or "fp"."""
+    hits = match(candidates, truths)
+    ignored = irrelevant_hits(candidates, truths, irrelevant)
+    out = ["fp"] * len(candidates)
+    found: set[int] = set()
+    for i in sorted(range(len(candidates)), key=lambda i: -candidates[i].score):
+        h = hits[i]
+        if h is not None:
+            out[i] = "duplicate" if h in found else "hit"
+            found.add(h)
+        elif ignored[i]:
+            out[i] = "irrelevant"
+    return out
+
+
+def operating_point(
+    candidates: list[Candidate],
+    truths: list[Truth],
+    n_scans: int,
+    threshold: float,
+    irrelevant: Sequence[Truth] = (),
+) -> dict[str, float | int | None]:
+    """Sensitivity and false positives per scan of the candidates scoring at least ``threshold``."""
+    kept = [c for c in candidates if c.score >= threshold]
+    result = outcomes(kept, truths, list(irrelevant))
+    hits, fps = result.count("hit"), result.count("fp")
+    return {
+        "detection_threshold": threshold,
+        "sensitivity": hits / len(truths) if truths else None,
+        "hits": hits,
+        "nodules": len(truths),
+        "false_positives": fps,
+        "false_positives_per_scan": fps / n_scans if n_scans else None,
+        "irrelevant": result.count("irrelevant"),
+    }
+
+
 def froc(
-    candidates: list[Candidate], truths: list[Truth], n_scans: int
+    candidates: list[Candidate],
+    truths: list[Truth],
+    n_scans: int,
+    irrelevant: Sequence[Truth] = (),
 ) -> tuple[dict[float, float], float, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Sensitivity at each FP rate of FROC_FP_RATES, the CPM (their mean), and the curve (fps/scan, sens).
 
     Candidates hitting a nodule already found by a higher-scoring candidate are ignored (not FPs), as in
-    the LUNA16 evaluation script.
+    the LUNA16 evaluation script; so are candidates on an ``irrelevant`` finding that hit no nodule.
     """
     order = sorted(range(len(candidates)), key=lambda i: -candidates[i].score)
     hits = match(candidates, truths)
+    ignored = irrelevant_hits(candidates, truths, list(irrelevant))
     found: set[int] = set()
     fps = 0
     curve_fp, curve_sens = [0.0], [0.0]
     for i in order:
         h = hits[i]
+        if h is None and ignored[i]:
+            continue
         if h is None:
             fps += 1
         elif h in found:
