@@ -166,9 +166,9 @@ def _mark(reader: str, kind: MarkKind, contours: list[Contour], volume: CTVolume
     if kind is MarkKind.NODULE:
         mask = ReaderMark(reader, kind, tuple(contours), (0.0, 0.0, 0.0), 0.0).mask(volume.shape)
         voxels = np.argwhere(mask)
-        zyx = voxels.mean(axis=0) if len(voxels) else np.concatenate([_zyx(c) for c in contours]).mean(axis=0)
+        zyx = voxels.mean(axis=0) if len(voxels) else np.concatenate([contour_voxels(c) for c in contours]).mean(axis=0)
     else:
-        zyx = np.concatenate([_zyx(c) for c in contours]).mean(axis=0)
+        zyx = np.concatenate([contour_voxels(c) for c in contours]).mean(axis=0)
     x, y, z = (float(v) for v in geometry.voxel_to_patient(zyx))
     diameter = 0.0
     if kind is MarkKind.NODULE:
@@ -180,7 +180,8 @@ def _mark(reader: str, kind: MarkKind, contours: list[Contour], volume: CTVolume
     return ReaderMark(reader, kind, tuple(contours), (x, y, z), diameter, malignancy)
 
 
-def _zyx(c: Contour) -> npt.NDArray[np.float64]:
+def contour_voxels(c: Contour) -> npt.NDArray[np.float64]:
+    """A contour's points as (slice, row, column) source voxel indices."""
     return np.column_stack([np.full(len(c.xy), c.slice_index), c.xy[:, 1], c.xy[:, 0]]).astype(np.float64)
 
 

@@ -23,6 +23,7 @@ from skimage.draw import polygon
 
 from pipelines.base import CTVolume, NoduleCategory
 from pipelines.lung_nodule.preprocessing import WorkingGrid, lung_mask, to_working_grid
+from pipelines.lung_nodule.training.readers import MarkKind, read_lidc_marks
 
 
 @dataclass(frozen=True)
@@ -229,31 +230,21 @@ def make_background(name: str, volume: CTVolume, lesion_boxes: list[tuple[slice,
 
 
 def lidc_mark_boxes(volume: CTVolume, xml_path: Path, margin_mm: float = 6.0) -> list[tuple[slice, slice, slice]]:
-    """Source-grid boxes around every reader mark of an LIDC XML (outlined nodules and < 3 mm points).
+    """Source-grid boxes around every reader's nodule mark of an LIDC XML (outlines and < 3 mm points).
 
     Used to keep a real LIDC scan's own nodules out of the negatives when it serves as a background;
     "non-nodule" marks are not included (they are real negatives, and hard ones).
     """
-    ns = {"n": "http://www.nih.gov"}
-    index = {s.sop_instance_uid: k for k, s in enumerate(volume.slices)}
-    spacing = volume.geometry.spacing_mm
+    m = np.array([int(np.ceil(margin_mm / d)) for d in volume.geometry.spacing_mm])
     boxes = []
-    for nodule in ElementTree.parse(xml_path).getroot().iterfind(".//n:unblindedReadNodule", ns):
-        points = []
-        for roi in nodule.iterfind("n:roi", ns):
-            k = index.get(roi.findtext("n:imageSOP_UID", default="", namespaces=ns))
-            if k is None:
-                continue
-            for edge in roi.iterfind("n:edgeMap", ns):
-                x = float(edge.findtext("n:xCoord", default="0", namespaces=ns))
-                y = float(edge.findtext("n:yCoord", default="0", namespaces=ns))
-                points.append((k, y, x))
-        if not points:
+    for mark in read_lidc_marks(xml_path, volume):
+        if mark.kind is MarkKind.NON_NODULE:
             continue
-        pts = np.array(points)
-        m = [int(np.ceil(margin_mm / d)) for d in spacing]
-        lo = np.maximum(0, pts.min(axis=0).astype(int) - m)
-        hi = np.minimum(volume.shape, pts.max(axis=0).astype(int) + 1 + np.array(m))
+        pts = np.concatenate(
+            [np.column_stack([np.full(len(c.xy), c.slice_index), c.xy[:, 1], c.xy[:, 0]]) for c in mark.contours]
+        )
+        lo = np.maximum(0, pts.min(axis=0) - m)
+        hi = np.minimum(volume.shape, pts.max(axis=0) + 1 + m)
         boxes.append(tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True)))
     return boxes  # type: ignore[return-value]  # tuples of 3 slices
 
