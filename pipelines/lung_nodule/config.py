@@ -33,6 +33,10 @@ MIN_LUNG_VOLUME_ML = 200.0
 
 # Candidate generation.
 SEGMENTATION_THRESHOLD = 0.5
+# Hysteresis: a candidate is a region of probability > OUTLINE_THRESHOLD holding at least one voxel above
+# SEGMENTATION_THRESHOLD, outlined at OUTLINE_THRESHOLD. Faint ground glass gets only a few confident voxels
+# (LIDC-IDRI-0002's nodule: 3 voxels above 0.5, a 10 mm region above 0.3); the reducer judges the rest.
+OUTLINE_THRESHOLD = 0.3
 MIN_CANDIDATE_VOLUME_MM3 = 20.0  # ~3.4 mm sphere
 # Findings whose outline on the source slices is shorter than this are dropped. LIDC readers outlined
 # nodules from 3 mm (smaller ones were only marked as points), so the data the model imitates has nothing

@@ -201,9 +201,10 @@ class LungNodulePipeline:
         narrow points first, so that the nodule becomes a candidate of its own instead of the whole tree
         being dropped as too long.
         """
-        labels, n = ndimage.label(probability > config.SEGMENTATION_THRESHOLD)
+        labels, n = ndimage.label(probability > config.OUTLINE_THRESHOLD)
         if n == 0:
             return [], labels
+        peak = ndimage.maximum(probability, labels, index=np.arange(1, n + 1))
         near_lung = ndimage.binary_dilation(lungs, iterations=2)
         voxel_mm3 = float(np.prod(grid.spacing))
         components = []
@@ -211,6 +212,8 @@ class LungNodulePipeline:
         for index, sl in enumerate(ndimage.find_objects(labels), start=1):
             if sl is None:
                 continue
+            if peak[index - 1] <= config.SEGMENTATION_THRESHOLD:
+                continue  # no confident voxel (hysteresis)
             comp = labels[sl] == index
             if comp.sum() * voxel_mm3 < config.MIN_CANDIDATE_VOLUME_MM3 or not (near_lung[sl] & comp).any():
                 continue  # too small to measure, or outside the lungs (false-positive reduction)
@@ -320,7 +323,7 @@ class LungNodulePipeline:
         near = ndimage.binary_dilation(component[crop], iterations=1)
         comp_prob = np.where(near, probability[crop], 0.0).astype(np.float32)
         p = ndimage.map_coordinates(comp_prob, (working - lo).reshape(-1, 3).T, order=1, mode="constant", cval=0.0)
-        mask = p.reshape(zz.shape) > config.SEGMENTATION_THRESHOLD
+        mask = p.reshape(zz.shape) > config.OUTLINE_THRESHOLD
         if not mask.any():
             # Interpolation thinned the component below the threshold everywhere on the source grid:
             # outline it at working-grid resolution instead (nearest working voxel).
