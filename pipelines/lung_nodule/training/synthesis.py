@@ -381,6 +381,10 @@ def composite_scan(
                 break
         mask = blend(hu, alpha, corner, shape.category, rng)  # type: ignore[arg-type]  # tuple of 3
         if mask.any():
-            taken |= ndimage.binary_dilation(mask, iterations=3)
+            # Dilated within its own box (3 voxels of margin): a whole-volume dilation per nodule took
+            # seconds on a 512 x 512 x 261 series and gives the same result.
+            (box,) = ndimage.find_objects(mask.astype(np.uint8))
+            near = tuple(slice(max(0, b.start - 3), b.stop + 3) for b in box)
+            taken[near] |= ndimage.binary_dilation(mask[near], iterations=3)
             nodules.append((mask, shape.malignant, shape.category))
     return CompositeScan(replace(volume, hu=hu), nodules)
