@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks.nets.resnet import ResNet
 from monai.networks.nets.unet import UNet
+
+from pipelines.lung_nodule import classifiers
+from pipelines.lung_nodule.calibration import Calibration
+from pipelines.lung_nodule.classifiers import CLASSIFIER_PLANES, DEFAULT_BACKBONE
+
+__all__ = ["CLASSIFIER_PLANES", "DEFAULT_BACKBONE", "Calibration"]
 
 # The segmenter of 0.3.0: 4x the channels of 0.2.0 (8-16-32-64, 1 residual unit, 0.15 M parameters), which
 # missed real ground-glass nodules; 1.2 M parameters still segment a chest in ~2 s on 2 CPU threads.
@@ -18,10 +23,8 @@ SEGMENTER_CHANNELS = (16, 32, 64, 128)
 SEGMENTER_RES_UNITS = 2
 # Bundles written before the architecture was stored in their metadata.
 LEGACY_SEGMENTER = {"segmenter_channels": [8, 16, 32, 64], "segmenter_res_units": 1}
-# Small on purpose: the shipped weights stay a few MB and a chest runs in seconds on 2 CPU threads.
-CLASSIFIER_PLANES = [8, 16, 32, 64]
-# Grad-CAM layer: layer2 keeps an 8^3 map on a 32^3 patch (deeper layers are 4^3, too coarse to read).
-GRADCAM_LAYER = "layer2"
+# Grad-CAM layer of the default backbone: layer2 keeps an 8^3 map on a 32^3 patch (deeper layers are 4^3).
+GRADCAM_LAYER = classifiers.gradcam_layer(DEFAULT_BACKBONE)
 
 
 def build_segmenter(
@@ -41,19 +44,12 @@ def build_segmenter(
     )
 
 
-def build_classifier() -> torch.nn.Module:
-    """3D ResNet-10-style (one basic block per stage) on a nodule-centred patch: 1 malignancy logit."""
-    return ResNet(
-        block="basic",
-        layers=[1, 1, 1, 1],
-        block_inplanes=CLASSIFIER_PLANES,
-        spatial_dims=3,
-        n_input_channels=2,  # windowed HU + the segmenter's mask of this nodule
-        conv1_t_size=3,
-        conv1_t_stride=2,
-        no_max_pool=True,
-        num_classes=1,
-    )
+def build_classifier(backbone: str = DEFAULT_BACKBONE) -> torch.nn.Module:
+    """The malignancy classifier on a nodule-centred patch (1 logit), by backbone name (classifiers.BACKBONES).
+
+    The default, "resnet10", is a 3D ResNet with one basic block per stage (planes 8-64).
+    """
+    return classifiers.build_classifier(backbone)
 
 
 def build_fp_reducer() -> torch.nn.Module:
@@ -68,6 +64,14 @@ class ModelBundle:
     metadata: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     fp_reducer: torch.nn.Module | None = None  # absent in bundles trained before it existed
+
+    @property
+    def classifier_backbone(self) -> str:
+        return str(self.metadata.get("classifier_backbone", DEFAULT_BACKBONE))
+
+    @property
+    def malignancy_calibration(self) -> Calibration:
+        return Calibration.from_metadata(self.metadata)
 
 
 def save_bundle(
@@ -107,7 +111,9 @@ def load_bundle(path: Path, device: torch.device) -> ModelBundle:
         payload["segmenter"],
         device,
     )
-    classifier = _restore(build_classifier(), payload["classifier"], device)
+    # Bundles written before backbones were selectable hold the default one and no "classifier_backbone".
+    backbone = str(meta.get("classifier_backbone", DEFAULT_BACKBONE))
+    classifier = _restore(build_classifier(backbone), payload["classifier"], device)
     fp_reducer = _restore(build_fp_reducer(), payload["fp_reducer"], device) if "fp_reducer" in payload else None
     return ModelBundle(segmenter, classifier, meta, hashlib.sha256(data).hexdigest(), fp_reducer=fp_reducer)
 

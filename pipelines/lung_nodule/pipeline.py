@@ -34,6 +34,7 @@ from pipelines.base import (
     VoxelBox,
 )
 from pipelines.lung_nodule import config
+from pipelines.lung_nodule.classifiers import gradcam_layer
 from pipelines.lung_nodule.gradcam import malignancy_with_gradcam
 from pipelines.lung_nodule.measure import largest_slice_axes
 from pipelines.lung_nodule.models import ModelBundle, load_bundle, select_device
@@ -278,7 +279,13 @@ class LungNodulePipeline:
         if not keep:
             return [], scored
         components, scores = [components[i] for i in keep], [scores[i] for i in keep]
-        probs, cams = malignancy_with_gradcam(self.bundle.classifier, patches[keep])
+        # Malignancy only for what passed the detector: an opacity the reducer rejects gets no malignancy.
+        probs, cams = malignancy_with_gradcam(
+            self.bundle.classifier,
+            patches[keep],
+            target_layer=gradcam_layer(self.bundle.classifier_backbone),
+            calibration=self.bundle.malignancy_calibration,
+        )
         half = np.array(config.CLS_PATCH) // 2
         findings: list[Finding] = []
         for c, score, prob, cam in zip(components, scores, probs, cams, strict=True):
