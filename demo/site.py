@@ -114,6 +114,9 @@ def run_demo(
     if not orthanc_available():
         report.outcome, report.reason = "error", "Orthanc is not installed: run `bash scripts/install-peers.sh`"
         return report
+    if not AUTOROUTE_LUA.exists():
+        report.outcome, report.reason = "error", f"{AUTOROUTE_LUA} is missing: the demo runs from a source checkout"
+        return report
     if not study_dir.exists():
         from demo.ct_factory import write_demo_ct
 

@@ -27,7 +27,8 @@ from demo.paths import PHILIPS_ANNOTATIONS, PHILIPS_CT, SHARED_DATA, SIEMENS_CT
 from tests.dciodvfy import dciodvfy_available
 from tests.peers.ohif import CHROMIUM_BIN, NODE_BIN, NODE_MODULES, ohif_available
 
-IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+pytest_plugins = ("pytester",)  # tests/test_harness.py runs the policy on small generated suites
+
 KINDS = ("unit", "peers", "ai", "e2e")
 _PEERS = "run `bash scripts/install-peers.sh`"
 
@@ -56,9 +57,13 @@ NEEDS: dict[str, tuple[Callable[[], bool], str]] = {
 }
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
 def missing(reason: str) -> None:
     """The one skip policy: fail in CI, skip locally, with the reason either way."""
-    if IN_CI:
+    if in_ci():
         pytest.fail(f"{reason} (CI=true: nothing skips)", pytrace=False)
     pytest.skip(reason)
 
