@@ -25,7 +25,7 @@ from demo.dcmtk import ECHOSCU, STORESCP, STORESCU
 from demo.local_pacs import orthanc_available
 from demo.paths import PHILIPS_ANNOTATIONS, PHILIPS_CT, SHARED_DATA, SIEMENS_CT
 from tests.dciodvfy import dciodvfy_available
-from tests.peers.ohif import CHROMIUM_BIN, NODE_BIN, NODE_MODULES, ohif_available
+from tests.peers.ohif import CHROMIUM_BIN, NGINX_BIN, NODE_BIN, NODE_MODULES, ohif_available
 
 pytest_plugins = ("pytester",)  # tests/test_harness.py runs the policy on small generated suites
 
@@ -44,6 +44,7 @@ NEEDS: dict[str, tuple[Callable[[], bool], str]] = {
     "dcmtk": (lambda: all(Path(b).exists() for b in (STORESCU, ECHOSCU, STORESCP)), f"DCMTK is missing: {_PEERS}"),
     "orthanc": (orthanc_available, f"Orthanc with its DICOMweb plugin is missing: {_PEERS}"),
     "dciodvfy": (dciodvfy_available, f"dciodvfy (dicom3tools) is missing: {_PEERS}"),
+    "nginx": (lambda: Path(NGINX_BIN).exists(), f"nginx is missing: {_PEERS}"),
     "gdcm": (lambda: shutil.which("gdcmconv") is not None, f"gdcmconv (libgdcm-tools) is missing: {_PEERS}"),
     "chromium": (
         lambda: (

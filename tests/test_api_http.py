@@ -376,6 +376,7 @@ def test_stow_from_dicomweb_client(client: httpx.Client, node: NodeProcess, tmp_
     assert stored[0]["n"] == len(files)
 
 
+@pytest.mark.needs("orthanc")
 def test_orthanc_pushes_a_study_over_stow_rs(node: NodeProcess, tmp_path: Path) -> None:
     """The PACS stand-in as the STOW-RS client: Orthanc's DICOMweb plugin sends a study to the node."""
     from demo.local_pacs import LocalOrthanc

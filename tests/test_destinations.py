@@ -343,6 +343,7 @@ def test_orthanc_rest_wrong_url_is_permanent(pacs: OrthancPeer, results: list[Pa
     assert err.value.permanent is True
 
 
+@pytest.mark.needs("nginx")
 def test_https_destinations_verify_the_server_certificate(
     pacs: OrthancPeer, tmp_path: Path, results: list[Path]
 ) -> None:
