@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.ct_series import make_thin_slice_series
-from node.demo import print_report, run_demo
+from demo.ct_factory import make_thin_slice_series
+from demo.site import print_report, run_demo
 
 
 def main() -> None:

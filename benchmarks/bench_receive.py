@@ -18,17 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.ct_series import make_thin_slice_series
-from tests.node_process import NodeProcess
-from tests.peers.dcmtk import STORESCP, STORESCU
-from tests.peers.net import dcmtk_env, free_port, port_open, wait_until
+from demo.ct_factory import make_thin_slice_series
+from demo.dcmtk import STORESCP, STORESCU
+from demo.netutil import free_port, nodelay_env, port_open, wait_until
+from demo.node_process import NodeProcess
 
 
 def _send_concurrently(port: int, called: str, folders: list[Path]) -> float:
     t0 = time.perf_counter()
     senders = [
         subprocess.Popen([STORESCU, "-aet", "STORESCU", "-aec", called, "+sd", "127.0.0.1", str(port), str(f)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dcmtk_env())
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=nodelay_env())
         for f in folders
     ]  # fmt: skip
     for s in senders:
@@ -50,7 +50,7 @@ def _time_storescp(work: Path, folders: list[Path], repeat: int, bare_pynetdicom
             if bare_pynetdicom
             else [STORESCP, "-aet", "STORESCP", "-od", str(out), str(port)]
         )
-        scp = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env())
+        scp = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=nodelay_env())
         wait_until(lambda p=port: port_open(p), 10, "storescp")
         try:
             times.append(_send_concurrently(port, "STORESCP", folders))

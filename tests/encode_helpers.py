@@ -26,10 +26,6 @@ from pipelines.base import (
     VoxelBox,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SIEMENS_CT = SHARED_DATA / "ct" / "siemens-chest-99"
-PHILIPS_CT = SHARED_DATA / "ct" / "philips-chest-64" / "dicom"
-
 MODEL = ModelIdentity(name="lungnod-test", version="1.2.3", weights_sha256="ab" * 32)
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pydicom
 
+from demo.paths import SIEMENS_CT
 from node.encode import encode_results, write_results
-from tests.encode_helpers import SIEMENS_CT, load_ct, read_series, two_nodules
+from tests.encode_helpers import load_ct, read_series, two_nodules
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SIEMENS_CT = DATA / "ct" / "siemens-chest-99"
-PHILIPS_CT = DATA / "ct" / "philips-chest-64" / "dicom"
+from demo.paths import SIEMENS_CT
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -8,6 +8,8 @@ from node.api.auth import Authenticator
 from node.config import parse_config
 from node.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def test_http_defaults_are_off_loopback_and_identity_hidden() -> None:
     http = parse_config({}).http

@@ -14,6 +14,8 @@ import httpx
 import pydicom
 import pytest
 
+from demo.ct_factory import CANARIES, CANARY_PATIENT_ID, make_ct_series
+from demo.node_process import REPO_ROOT, NodeProcess
 from tests.api_support import (
     ACTION,
     CREDENTIALS,
@@ -28,10 +30,11 @@ from tests.api_support import (
     spool_files,
     stow,
 )
-from tests.dicom_factory import CANARIES, CANARY_PATIENT_ID, dataset_bytes, make_ct_series
-from tests.node_process import REPO_ROOT, NodeProcess
+from tests.dicom_files import dataset_bytes
 from tests.peers.dcmtk import storescu
 from tests.peers.net import free_port, port_open, wait_until
+
+pytestmark = [pytest.mark.peers, pytest.mark.needs("dcmtk")]
 
 
 @pytest.fixture(scope="module")
@@ -373,9 +376,10 @@ def test_stow_from_dicomweb_client(client: httpx.Client, node: NodeProcess, tmp_
     assert stored[0]["n"] == len(files)
 
 
+@pytest.mark.needs("orthanc")
 def test_orthanc_pushes_a_study_over_stow_rs(node: NodeProcess, tmp_path: Path) -> None:
     """The PACS stand-in as the STOW-RS client: Orthanc's DICOMweb plugin sends a study to the node."""
-    from node.local_pacs import LocalOrthanc
+    from demo.local_pacs import LocalOrthanc
 
     files, study_uid, series_uid = _series(tmp_path, "orthanc", slices=5, seed=31)
     web = {

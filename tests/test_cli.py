@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 
-from tests.dicom_factory import make_ct_series
-from tests.node_process import REPO_ROOT, NodeProcess
+from demo.ct_factory import make_ct_series
+from demo.node_process import REPO_ROOT, NodeProcess
+
+pytestmark = pytest.mark.peers
 
 
 def _ainode(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

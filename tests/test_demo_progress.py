@@ -1,4 +1,4 @@
-"""The demo's verdict on a study's jobs and deliveries (node.demo.judge_progress).
+"""The demo's verdict on a study's jobs and deliveries (demo.site.judge_progress).
 
 CI once saw `ainode demo` wait out its whole timeout with results already in Orthanc: on a busy
 machine the PACS paused mid-send, the geometry said "complete", the rest of the series re-opened it,
@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.demo import judge_progress
+import pytest
+
+from demo.site import judge_progress
+
+pytestmark = pytest.mark.unit
 
 
 def job(job_id: int, state: str, reason: str | None = None) -> dict[str, Any]:

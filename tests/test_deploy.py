@@ -9,14 +9,18 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pytest
 
+from demo.paths import SIEMENS_CT
 from node.config import load_config
 from node.export.destinations import parse_destinations
 from node.route.rules import evaluate_routes, load_routes_from_yaml
 from tests.peers.dcmtk import STORESCP
 from tests.peers.net import dcmtk_env, free_port, port_open, wait_until
 from tests.peers.orthanc import OrthancPeer
-from tests.result_objects import SIEMENS_CT, ct_files, make_results
+from tests.result_objects import ct_files, make_results
+
+pytestmark = [pytest.mark.peers, pytest.mark.needs("siemens-ct", "dcmtk", "orthanc")]
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 

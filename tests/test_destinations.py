@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+from demo.paths import PHILIPS_CT
 from node.dimse_status import StoreStatus
 from node.errors import DeliveryError
 from node.export import dimse as dimse_module
@@ -34,8 +35,10 @@ from node.export.stowrs import outcomes_from_stow_response as stow_outcomes
 from tests.peers.net import free_port
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.tls_proxy import TlsProxy
-from tests.result_objects import PHILIPS_CT, ct_files, make_results, make_secondary_capture
+from tests.result_objects import ct_files, make_results, make_secondary_capture
 from tests.tls_certs import make_tls_files
+
+pytestmark = [pytest.mark.peers, pytest.mark.needs("siemens-ct", "philips-ct", "orthanc")]
 
 NODE_AET = "AINODE"
 
@@ -340,6 +343,7 @@ def test_orthanc_rest_wrong_url_is_permanent(pacs: OrthancPeer, results: list[Pa
     assert err.value.permanent is True
 
 
+@pytest.mark.needs("nginx")
 def test_https_destinations_verify_the_server_certificate(
     pacs: OrthancPeer, tmp_path: Path, results: list[Path]
 ) -> None:

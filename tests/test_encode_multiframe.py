@@ -20,14 +20,16 @@ import pytest
 from highdicom.legacy import LegacyConvertedEnhancedCTImage
 from pydicom.sr.codedict import codes
 
+from demo.ct_factory import prepare_for_highdicom_legacy, write_series
 from node.encode import EncodeError, encode_results, write_results
 from node.encode.common import key_slice
 from node.encode.gradcam_sc import lung_window
 from pipelines.base import CTVolume, PipelineResult, SourceSlice
 from pipelines.loading import load_series
-from tests.ct_series_factory import prepare_for_highdicom_legacy, write_series
 from tests.dciodvfy import judge
 from tests.encode_helpers import result_with, sphere_finding
+
+pytestmark = [pytest.mark.peers, pytest.mark.needs("dciodvfy")]
 
 N_SLICES = 24
 SIZE = 128

@@ -17,18 +17,19 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
+from demo.paths import PHILIPS_CT, SIEMENS_CT
 from node.encode import EncodeError, encode_results, write_results
 from pipelines.base import CTVolume, Finding, PipelineResult, VoxelBox
 from tests.dciodvfy import dciodvfy, judge
 from tests.encode_helpers import (
-    PHILIPS_CT,
-    SIEMENS_CT,
     load_ct,
     read_series,
     result_with,
     sphere_finding,
     two_nodules,
 )
+
+pytestmark = [pytest.mark.peers, pytest.mark.needs("siemens-ct", "philips-ct", "dciodvfy")]
 
 # dciodvfy warnings that come from the source CT's own header values, copied unchanged as DICOM requires.
 SOURCE_WARNINGS = (

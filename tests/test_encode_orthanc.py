@@ -18,6 +18,8 @@ from tests.peers.dimse import STATUS_SUCCESS, cstore
 from tests.peers.net import free_port
 from tests.peers.orthanc import OrthancPeer
 
+pytestmark = [pytest.mark.peers, pytest.mark.needs("siemens-ct", "orthanc")]
+
 NODE_AET = "AINODE"
 MODALITY_TAG = "00080060"
 SERIES_UID_TAG = "0020000E"

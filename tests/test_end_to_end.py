@@ -16,14 +16,15 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from node.demo import AUTOROUTE_LUA
-from tests.node_process import REPO_ROOT, NodeProcess
+from demo.node_process import REPO_ROOT, NodeProcess
+from demo.paths import AUTOROUTE_LUA
+from demo.paths import PHILIPS_CT as PHILIPS
 from tests.peers.dcmtk import storescu
 from tests.peers.net import wait_until
 from tests.peers.orthanc import OrthancPeer
 
-PHILIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct" / "philips-chest-64" / "dicom"
-pytestmark = pytest.mark.skipif(not PHILIPS.exists(), reason="../shared/data is not beside the repository")
+pytestmark = [pytest.mark.e2e, pytest.mark.needs("philips-ct", "dcmtk", "orthanc")]
+
 
 RESULT_DEADLINE_S = 420
 

@@ -11,9 +11,12 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
+from demo.ct_factory import make_ct_series
 from node.errors import InvalidDatasetError
 from node.store.fast_dicom import encode_file_meta, parse_header
-from tests.dicom_factory import dataset_bytes, make_ct_series
+from tests.dicom_files import dataset_bytes
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize("version", ["AINODE_0.1.0", "AINODE_0.1"])

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from demo.node_process import NodeProcess
+from demo.paths import SIEMENS_CT as SIEMENS
 from node.receive.completeness import judge_geometry
 from node.store.db import Database
 from node.work.jobs import claim_next_job, finish_job_failed, queue_job, renew_lease
-from tests.node_process import NodeProcess
 from tests.peers.dcmtk import echoscu, storescu
 from tests.peers.net import wait_until
 
-SIEMENS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct" / "siemens-chest-99"
+pytestmark = pytest.mark.peers
 
 
 def _db_with_series(tmp_path: Path) -> Database:
@@ -103,7 +104,7 @@ def test_geometry_judgement() -> None:
     assert not judge_geometry(_rows(even[:2]), 0.1).complete
 
 
-@pytest.mark.skipif(not SIEMENS.exists(), reason="../shared/data is not beside the repository")
+@pytest.mark.needs("siemens-ct", "dcmtk")
 def test_job_past_its_timeout_fails_with_reason_and_worker_is_replaced(tmp_path: Path) -> None:
     # Loading and summarising 99 real slices takes about a second: a 0.2 s limit must stop it.
     with NodeProcess(tmp_path, {"workers": {"processes": 1, "job_timeout_s": 0.2}}) as node:
@@ -119,6 +120,7 @@ def test_job_past_its_timeout_fails_with_reason_and_worker_is_replaced(tmp_path:
         assert echoscu(node.port, called=node.ae_title, calling="STORESCU").returncode == 0
 
 
+@pytest.mark.needs("dcmtk")
 def test_dead_worker_is_replaced(tmp_path: Path) -> None:
     with NodeProcess(tmp_path) as node:
         wait_until(lambda: '"worker_started"' in node.log_text(), 30, "the worker")

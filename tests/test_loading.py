@@ -12,15 +12,16 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from demo.ct_factory import numbered_phantom, prepare_for_highdicom_legacy, write_series
+from demo.paths import PHILIPS_CT as PHILIPS
+from demo.paths import SIEMENS_CT as SIEMENS
 from pipelines.base import NotApplicable
 from pipelines.loading import load_series, load_series_dir
-from tests.ct_series_factory import numbered_phantom, prepare_for_highdicom_legacy, write_series
 
-SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
-SIEMENS = SHARED_CT / "siemens-chest-99"
-PHILIPS = SHARED_CT / "philips-chest-64" / "dicom"
+pytestmark = pytest.mark.unit
 
 
+@pytest.mark.needs("siemens-ct", "philips-ct")
 @pytest.mark.parametrize(("folder", "n_slices", "thickness"), [(SIEMENS, 99, 3.0), (PHILIPS, 64, 5.0)])
 def test_real_series_load_sorted_along_normal(folder: Path, n_slices: int, thickness: float) -> None:
     volume = load_series_dir(folder)
@@ -202,9 +203,10 @@ def test_compressed_transfer_syntaxes_decode_exactly(tmp_path: Path, syntax: str
     assert np.array_equal(volume.hu, hu.astype(np.float32))
 
 
+@pytest.mark.needs("gdcm")
 def test_jpeg_lossless_from_gdcmconv_decodes_exactly(tmp_path: Path) -> None:
     gdcmconv = shutil.which("gdcmconv")
-    assert gdcmconv is not None, "gdcmconv (libgdcm-tools) is needed for this test"
+    assert gdcmconv is not None
     hu = numbered_phantom(3) - 300
     paths = write_series(tmp_path / "raw", hu.astype(np.int16))
     out_dir = tmp_path / "jpeg"

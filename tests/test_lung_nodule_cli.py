@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from demo.ct_factory import numbered_phantom, write_series
+from demo.paths import PHILIPS_CT
 from node.cli import build_parser, main
-from tests.ct_series_factory import numbered_phantom, write_series
+
+pytestmark = pytest.mark.ai
 
 
 def test_ai_commands_are_registered() -> None:
@@ -35,12 +40,13 @@ def test_analyze_reports_loader_refusals(tmp_path: Path) -> None:
     assert result["status"] == "not_applicable" and "not CT" in result["reason"]
 
 
+@pytest.mark.needs("philips-ct", "dciodvfy")
 def test_analyze_dicom_out_writes_valid_results_for_the_philips_series(tmp_path: Path) -> None:
     import pydicom
 
     from tests.dciodvfy import dciodvfy
 
-    series = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct" / "philips-chest-64" / "dicom"
+    series = PHILIPS_CT
     out = tmp_path / "dicom"
     assert main(["analyze", str(series), "--json", str(tmp_path / "r.json"), "--dicom-out", str(out)]) == 0
     result = json.loads((tmp_path / "r.json").read_text())

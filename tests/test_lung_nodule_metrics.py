@@ -10,6 +10,8 @@ from pipelines.lung_nodule.measure import axes_mm
 from pipelines.lung_nodule.pipeline import categorise
 from pipelines.lung_nodule.training import metrics
 
+pytestmark = pytest.mark.ai
+
 
 def test_froc_counts_hits_false_positives_and_ignores_duplicates() -> None:
     truths = [metrics.Truth(0, (0.0, 0.0, 0.0), 5.0), metrics.Truth(1, (10.0, 0.0, 0.0), 5.0)]

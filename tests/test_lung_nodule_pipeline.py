@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from demo.paths import SHARED_CT
 from pipelines import registry
 from pipelines.base import (
     CTVolume,
@@ -23,7 +23,7 @@ from pipelines.lung_nodule.config import MIN_LONG_AXIS_MM
 from pipelines.lung_nodule.pipeline import LungNodulePipeline
 from pipelines.lung_nodule.training.synthesis import blend, procedural_shape, render_alpha, voc_lesion_boxes
 
-SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
+pytestmark = [pytest.mark.ai, pytest.mark.needs("siemens-ct", "philips-ct", "philips-annotations")]
 
 
 @pytest.fixture(scope="module")

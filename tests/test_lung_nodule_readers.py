@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from demo.ct_factory import numbered_phantom, write_series
 from pipelines.loading import load_series_dir
 from pipelines.lung_nodule.training.readers import read_lidc_xml, read_luna16_annotations, read_mhd
-from tests.ct_series_factory import numbered_phantom, write_series
+
+pytestmark = pytest.mark.ai
 
 
 def test_luna16_mhd_and_annotations(tmp_path: Path) -> None:

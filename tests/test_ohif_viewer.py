@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.encode_orthanc_fixtures import encode_siemens_case
-from tests.peers.ohif import OhifServer, ohif_available, run_browser_script
+from tests.peers.ohif import OhifServer, run_browser_script
 from tests.peers.orthanc import OrthancPeer
+
+pytestmark = [pytest.mark.peers, pytest.mark.needs("siemens-ct", "orthanc", "ohif")]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "ohif"
@@ -32,7 +34,6 @@ FATAL_CONSOLE_WORDS = (
 
 @pytest.mark.slow
 def test_ohif_lists_and_loads_seg_and_sr(tmp_path: Path) -> None:
-    assert ohif_available(), "OHIF dist, playwright-core, nginx or chromium missing: see install-peers.sh"
     case = encode_siemens_case(tmp_path / "encoded")
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)

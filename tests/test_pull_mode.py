@@ -10,14 +10,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.node_process import REPO_ROOT, NodeProcess
+from demo.node_process import REPO_ROOT, NodeProcess
+from demo.paths import PHILIPS_CT as PHILIPS
 from tests.peers.net import wait_until
 from tests.peers.orthanc import OrthancPeer
 
-PHILIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct" / "philips-chest-64" / "dicom"
+pytestmark = [pytest.mark.e2e, pytest.mark.needs("philips-ct", "orthanc")]
 
 
-@pytest.mark.skipif(not PHILIPS.exists(), reason="../shared/data is not beside the repository")
 def test_process_pulls_a_study_by_wado_rs_and_the_node_runs_it(tmp_path: Path) -> None:
     first = pydicom.dcmread(sorted(PHILIPS.iterdir())[0], stop_before_pixels=True)
     with OrthancPeer(tmp_path / "orthanc") as orthanc, NodeProcess(tmp_path / "node") as node:

@@ -18,10 +18,13 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
+from demo.ct_factory import make_ct_series
+from demo.node_process import NodeProcess
 from node.dimse_status import StoreStatus
-from tests.dicom_factory import dataset_bytes, make_ct_series
-from tests.node_process import NodeProcess
+from tests.dicom_files import dataset_bytes
 from tests.peers.dcmtk import storescu
+
+pytestmark = [pytest.mark.peers, pytest.mark.needs("dcmtk")]
 
 
 def _part10(sop_uid: str, body: bytes, sop_class: str = CTImageStorage) -> bytes:
@@ -144,7 +147,7 @@ def test_bad_config_stops_start_up_naming_the_field(tmp_path: Path, yaml_text: s
     import subprocess
     import sys
 
-    from tests.node_process import REPO_ROOT
+    from demo.node_process import REPO_ROOT
 
     config = tmp_path / "bad.yaml"
     config.write_text(yaml_text)

@@ -10,13 +10,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.dicom_factory import dataset_bytes, make_ct_series
-from tests.node_process import NodeProcess
+from demo.ct_factory import make_ct_series
+from demo.node_process import NodeProcess
+from demo.paths import PHILIPS_CT as PHILIPS
+from tests.dicom_files import dataset_bytes
 from tests.peers.dcmtk import STORESCU, storescu
 from tests.peers.net import dcmtk_env, wait_until
-from tests.peers.orthanc import OrthancPeer, orthanc_available
+from tests.peers.orthanc import OrthancPeer
 
-PHILIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct" / "philips-chest-64" / "dicom"
+pytestmark = [pytest.mark.peers, pytest.mark.needs("dcmtk")]
 
 
 def _acknowledged(storescu_log: str) -> list[Path]:
@@ -76,9 +78,8 @@ def test_kill_9_during_send_loses_no_acknowledged_instance(tmp_path: Path) -> No
         assert row["completion_reason"].startswith("geometry")
 
 
-@pytest.mark.skipif(not PHILIPS.exists(), reason="../shared/data is not beside the repository")
+@pytest.mark.needs("philips-ct", "orthanc")
 def test_orthanc_sends_a_study_to_the_node(tmp_path: Path) -> None:
-    assert orthanc_available(), "Orthanc is not installed: run scripts/install-peers.sh"
     with NodeProcess(tmp_path / "node") as node:
         modalities = {"node": (node.ae_title, "127.0.0.1", node.port)}
         with OrthancPeer(tmp_path / "orthanc", modalities=modalities) as orthanc:

@@ -8,15 +8,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.dicom_factory import CANARIES, dataset_bytes, make_ct_series
-from tests.node_process import NodeProcess
+from demo.ct_factory import CANARIES, make_ct_series
+from demo.node_process import NodeProcess
+from demo.paths import PHILIPS_CT as PHILIPS
+from demo.paths import SIEMENS_CT as SIEMENS
+from tests.dicom_files import dataset_bytes
 from tests.peers.dcmtk import StoreSCP, echoscu, storescu
 
-SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
-SIEMENS = SHARED_CT / "siemens-chest-99"
-PHILIPS = SHARED_CT / "philips-chest-64" / "dicom"
-
-pytestmark = pytest.mark.skipif(not SIEMENS.exists(), reason="../shared/data is not beside the repository")
+pytestmark = [pytest.mark.peers, pytest.mark.needs("siemens-ct", "philips-ct", "dcmtk")]
 
 
 @pytest.fixture
@@ -134,6 +133,7 @@ def test_same_instance_again_is_idempotent(node: NodeProcess, tmp_path: Path) ->
     assert pydicom.dcmread(row[0]["path"]).SeriesDescription == "edited at the modality"
 
 
+@pytest.mark.needs("gdcm")
 def test_compressed_transfer_syntaxes_are_stored_as_received(node: NodeProcess, tmp_path: Path) -> None:
     import subprocess
 

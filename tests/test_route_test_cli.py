@@ -14,9 +14,13 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 
+from demo.paths import PHILIPS_CT, SIEMENS_CT
 from node.cli import _COMMAND_MODULES
-from tests.result_objects import PHILIPS_CT, SIEMENS_CT, ct_files, make_secondary_capture
+from tests.result_objects import ct_files, make_secondary_capture
+
+pytestmark = [pytest.mark.unit, pytest.mark.needs("siemens-ct", "philips-ct")]
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from demo.paths import PHILIPS_CT, SIEMENS_CT
 from node.route.rules import (
     Route,
     attributes_from_dataset,
@@ -18,7 +19,9 @@ from node.route.rules import (
     parse_routes,
     unindexed_keywords,
 )
-from tests.result_objects import PHILIPS_CT, SIEMENS_CT, ct_files
+from tests.result_objects import ct_files
+
+pytestmark = pytest.mark.unit
 
 CHEST_CT: dict[str, object] = {
     "Modality": "CT",
@@ -271,6 +274,7 @@ def test_regex_compiled_once_at_load() -> None:
     assert when._pattern is not None and when._pattern.flags & 2  # re.IGNORECASE
 
 
+@pytest.mark.needs("siemens-ct", "philips-ct")
 def test_dataset_adapter_and_real_headers() -> None:
     siemens = pydicom.dcmread(ct_files(SIEMENS_CT)[0], stop_before_pixels=True)
     philips = pydicom.dcmread(ct_files(PHILIPS_CT)[0], stop_before_pixels=True)

@@ -14,12 +14,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from demo.ct_factory import make_ct_series
 from node import metrics
 from node.store import ingest
 from node.store.db import Database
 from node.store.ingest import InstanceStore
 from node.store.spool import Spool
-from tests.dicom_factory import make_ct_series
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_row_that_cannot_be_indexed_does_not_take_its_batch_down(

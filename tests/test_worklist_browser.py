@@ -13,13 +13,16 @@ from pathlib import Path
 
 import httpx
 import pydicom
+import pytest
 
+from demo.ct_factory import CANARY_PATIENT_NAME, make_ct_series
+from demo.node_process import NodeProcess
 from tests.api_support import SENDER, add_findings_job, stow
-from tests.dicom_factory import CANARY_PATIENT_NAME, make_ct_series
-from tests.node_process import NodeProcess
 from tests.peers.dcmtk import storescu
 from tests.peers.net import wait_until
-from tests.peers.ohif import CHROMIUM_BIN, NODE_MODULES, REPO, run_browser_script
+from tests.peers.ohif import REPO, run_browser_script
+
+pytestmark = [pytest.mark.peers, pytest.mark.needs("dcmtk", "chromium")]
 
 SCRIPT = Path(__file__).parent / "browser" / "worklist_check.js"
 ARTIFACTS = REPO / "artifacts" / "worklist"
@@ -28,8 +31,6 @@ VIEWER_TEMPLATE = "http://viewer.example:3000/viewer?StudyInstanceUIDs={study_ui
 
 
 def test_worklist_page_in_chromium(tmp_path: Path) -> None:
-    # No skip: CI installs these (scripts/install-peers.sh); a missing browser is a failure to see.
-    assert (NODE_MODULES / "playwright-core").is_dir() and Path(CHROMIUM_BIN).exists(), "run scripts/install-peers.sh"
     http = {
         # Health and metrics closed even on loopback here: they need credentials like the API.
         "auth": {"mode": "basic", "credentials": [OPERATOR_BASIC, SENDER], "open_health_on_loopback": False},

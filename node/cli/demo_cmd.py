@@ -10,7 +10,12 @@ from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from node.demo import print_report, run_demo
+    # The demo site is its own package (demo/, beside node/): imported here only, never by `serve`.
+    try:
+        from demo.site import print_report, run_demo
+    except ImportError as exc:
+        print(f"ainode demo runs from a source checkout (pip install -e .): {exc}")
+        return 2
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ainode-demo-"))
     report = run_demo(args.study, workdir, timeout_s=args.timeout, keep_running=args.keep_running)

@@ -1,8 +1,8 @@
-"""Networking helpers for the tests: the node's own (one implementation), under the names tests use."""
+"""Networking helpers for the tests: the harness's (demo.netutil, one implementation), under the names tests use."""
 
 from __future__ import annotations
 
-from node.netutil import free_port, nodelay_env, port_open, wait_until
+from demo.netutil import free_port, nodelay_env, port_open, wait_until
 
 dcmtk_env = nodelay_env
 

@@ -22,7 +22,7 @@ from types import TracebackType
 
 import httpx
 
-from node.netutil import stop_process
+from demo.netutil import stop_process
 from tests.peers.net import free_port, port_open, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
-from node.netutil import stop_process
+from demo.netutil import stop_process
 from tests.peers.net import free_port, port_open, wait_until
 
 NGINX_BIN = "/usr/sbin/nginx"

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from node.netutil import free_port, nodelay_env, port_open, stop_process, wait_until
+from demo.netutil import free_port, nodelay_env, port_open, stop_process, wait_until
 
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"

@@ -1,5 +1,5 @@
-"""The node as a real process (``python -m node serve``), for tests that talk to it over DICOM,
-kill it, and restart it."""
+"""The node as a real process (``python -m node serve``), for tests and benchmarks that talk to it over
+DICOM, kill it, and restart it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
+from demo.netutil import free_port, port_open, wait_until
 from node.store.db import Database
-from tests.peers.net import free_port, port_open, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,14 +18,13 @@ from typing import Any
 
 import httpx
 
+from demo.local_pacs import LocalOrthanc, orthanc_available
+from demo.netutil import free_port
+from demo.paths import AUTOROUTE_LUA, SIEMENS_CT
 from node.config import NodeConfig
-from node.local_pacs import LocalOrthanc, orthanc_available
-from node.netutil import free_port
 from node.service import NodeService
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_STUDY = REPO_ROOT.parent / "shared" / "data" / "ct" / "siemens-chest-99"
-AUTOROUTE_LUA = Path(__file__).with_name("autoroute.lua")
+DEFAULT_STUDY = SIEMENS_CT
 NODE_AET = "AINODE"
 PACS_AET = "ORTHANC"
 RESULT_MODALITIES = {"SEG", "SR", "OT"}
@@ -115,8 +114,11 @@ def run_demo(
     if not orthanc_available():
         report.outcome, report.reason = "error", "Orthanc is not installed: run `bash scripts/install-peers.sh`"
         return report
+    if not AUTOROUTE_LUA.exists():
+        report.outcome, report.reason = "error", f"{AUTOROUTE_LUA} is missing: the demo runs from a source checkout"
+        return report
     if not study_dir.exists():
-        from node.demo_data import write_demo_ct
+        from demo.ct_factory import write_demo_ct
 
         _say(f"{study_dir} not found: generating a synthetic chest CT with one nodule instead")
         study_dir = write_demo_ct(workdir / "generated-ct")
