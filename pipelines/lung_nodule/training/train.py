@@ -33,7 +33,6 @@ from pipelines.lung_nodule.models import (
     build_segmenter,
     load_bundle,
     save_bundle,
-    segmenter_metadata,
     select_device,
 )
 from pipelines.lung_nodule.preprocessing import crop_around, window
@@ -104,7 +103,6 @@ def bundle_metadata(
         "training_series": [b.name for b in backgrounds],
         "hard_fraction": args.hard_fraction,
         "device": device.type,
-        **segmenter_metadata(),
         "detection_threshold": DEFAULT_DETECTION_THRESHOLD,
         "malignancy_threshold": DEFAULT_MALIGNANCY_THRESHOLD,
     }
