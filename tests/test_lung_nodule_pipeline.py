@@ -81,7 +81,7 @@ def test_the_false_positive_reducer_ships_and_prunes_candidates(
     pipeline: LungNodulePipeline, philips_result: PipelineResult
 ) -> None:
     assert pipeline.bundle.fp_reducer is not None
-    assert pipeline.bundle.metadata["fp_reduction"]["real_lesion_check"]["found"] is True
+    assert pipeline.bundle.metadata["fp_reduction"]["real_series_check"]["philips-chest-64"]["found"] is True
     measurements = philips_result.measurements
     assert measurements["false_positive_reduction"] is True
     # Candidates below the reducer's operating point are not reported (the mass above still is).
