@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", choices=["consensus", "reader"], default="consensus")
     parser.add_argument("--calibration", choices=["platt", "temperature"], default="platt")
     parser.add_argument("--target-recall", type=float, default=TARGET_RECALL)
-    parser.add_argument("--seed", type=int, default=20261202)
+    parser.add_argument("--seed", type=int, default=20261202, help="initialisation and batch order")
+    parser.add_argument("--data-seed", type=int, default=20261202, help="rendering of the train/val/held-out patches")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", action="store_true", help="start from --bundle's classifier")
     parser.add_argument("--max-scan-id", type=int, help="only LIDC scans up to this id (quick runs, tests)")
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         args.train_patches,
         args.val_patches,
         args.heldout_patches,
-        args.seed,
+        args.data_seed,
         args.label,
         args.cache_dir,
         args.max_scan_id,
@@ -306,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             "val_patches": len(val.y),
             "heldout_patches": len(held.y),
             "seed": args.seed,
+            "data_seed": args.data_seed,
             "threads": args.threads,
             "lr": args.lr,
             "label": args.label,
