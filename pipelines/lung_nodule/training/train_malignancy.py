@@ -219,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", choices=["consensus", "reader"], default="consensus")
     parser.add_argument("--calibration", choices=["platt", "temperature"], default="platt")
     parser.add_argument("--target-recall", type=float, default=TARGET_RECALL)
-    parser.add_argument("--seed", type=int, default=20261202)
+    parser.add_argument("--seed", type=int, default=20261202, help="initialisation and batch order")
+    parser.add_argument("--data-seed", type=int, default=20261202, help="rendering of the train/val/held-out patches")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", action="store_true", help="start from --bundle's classifier")
     parser.add_argument("--max-scan-id", type=int, help="only LIDC scans up to this id (quick runs, tests)")
     parser.add_argument("--cache-dir", type=Path, default=Path("artifacts/malignancy/cache"))
     parser.add_argument("--report-dir", type=Path, help="JSON report + reliability.png (default: beside --out)")
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         args.train_patches,
         args.val_patches,
         args.heldout_patches,
-        args.seed,
+        args.data_seed,
         args.label,
         args.cache_dir,
         args.max_scan_id,
@@ -251,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = build_classifier(args.backbone)
+    if args.init:  # continue from (with --iterations 0: only recalibrate and measure) the bundle's classifier
+        if start.classifier_backbone != args.backbone:
+            parser.error(f"--init: the bundle's classifier is {start.classifier_backbone}, not {args.backbone}")
+        model = start.classifier
     t_train = time.time()
     pretext: list[float] = []
     supervised_iterations = args.iterations
@@ -261,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretext: masked-token MSE {np.mean(pretext[:10]):.4f} -> {np.mean(pretext[-10:]):.4f}", flush=True)
     losses = train_classifier(model, train, supervised_iterations, args.batch, args.lr, rng)
     train_s = time.time() - t_train
-    print(
-        f"{args.backbone}: loss {np.mean(losses[:20]):.3f} -> {np.mean(losses[-20:]):.3f} ({train_s:.0f}s)", flush=True
-    )
+    if losses:
+        first, last = np.mean(losses[:20]), np.mean(losses[-20:])
+        print(f"{args.backbone}: loss {first:.3f} -> {last:.3f} ({train_s:.0f}s)", flush=True)
 
     val_logits, held_logits = logits_of(model, val.x), logits_of(model, held.x)
     calibration = fit_calibration(val_logits, val.y, args.calibration)
@@ -301,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             "val_patches": len(val.y),
             "heldout_patches": len(held.y),
             "seed": args.seed,
+            "data_seed": args.data_seed,
             "threads": args.threads,
             "lr": args.lr,
             "label": args.label,
@@ -338,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             "val (fit), calibrated": (val_p, val.y),
         },
         report_dir / f"{stem}-reliability.png",
-        f"{args.backbone}: malignancy reliability (LIDC reader median, composite)",
+        f"{args.backbone}: reliability (reader median)",
     )
     (report_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result), flush=True)
