@@ -42,6 +42,18 @@ def index_path(config: NodeConfig) -> Path:
     return config.storage.data_dir / "index.sqlite"
 
 
+def result_uid_seed(installation_id: str, job: Job) -> str:
+    """The seed every result UID of ``job`` derives from.
+
+    Same seed for every attempt of this job: a job taken again after a crash produces the same SOP
+    Instance UIDs, so the PACS never holds two copies. A new job (late instances, an operator's re-run)
+    makes new objects, which say what they supersede. Job ids and generations restart with a new index
+    (a re-installed node, a wiped data dir): the installation id keeps those results apart from the old
+    ones, which the PACS would otherwise keep in their place.
+    """
+    return f"{installation_id}/{job.series_uid}/{job.generation}/{job.pipeline}/{job.id}"
+
+
 class Worker:
     def __init__(self, config: NodeConfig, worker_id: str) -> None:
         self.config = config
@@ -122,10 +134,7 @@ class Worker:
         by_uid = {s.sop_instance_uid for s in volume.slices}
         rows = self.db.query("SELECT sop_instance_uid, path FROM instances WHERE series_uid = ?", (job.series_uid,))
         sources = [pydicom.dcmread(r["path"]) for r in rows if r["sop_instance_uid"] in by_uid]
-        # Same seed for every attempt of this job: a job taken again after a crash produces the same
-        # SOP Instance UIDs, so the PACS never holds two copies. A new job (late instances, an
-        # operator's re-run) makes new objects, which say what they supersede.
-        seed = f"{job.series_uid}/{job.generation}/{job.pipeline}/{job.id}"
+        seed = result_uid_seed(self.db.installation_id(), job)
         datasets = encode_results(result, volume, sources, uid_seed=seed, previous_reports=self._earlier_reports(job))
         out_dir = self.spool.results_root / str(job.id)
         paths = write_results(datasets, out_dir)
