@@ -70,6 +70,9 @@ class DicomConfig(_Model):
     max_pdu_bytes: int = Field(default=0, ge=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
+    # A connection that has not completed its A-ASSOCIATE request this soon is dropped; it never holds
+    # one of the max_associations slots (those go to callers that passed the allow-list).
+    handshake_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
     _check_aet = field_validator("ae_title")(validate_ae_title)
 

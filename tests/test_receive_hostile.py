@@ -1,0 +1,167 @@
+"""A hostile network: crafted DIMSE messages and connections that never become associations.
+
+The crafted C-STORE requests come from a pynetdicom SCU driven below its public API (DCMTK's storescu
+cannot send an empty or over-long Affected SOP Instance UID); the allowed caller that must still get
+through is DCMTK's echoscu / storescu.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+
+from node.dimse_status import StoreStatus
+from tests.dicom_factory import dataset_bytes, make_ct_series
+from tests.node_process import NodeProcess
+from tests.peers.dcmtk import echoscu, storescu
+from tests.peers.net import wait_until
+
+MAX_ASSOCIATIONS = 2
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    workdir = tmp_path_factory.mktemp("hostile")
+    with NodeProcess(workdir, {"dicom": {"max_associations": MAX_ASSOCIATIONS}}) as running:
+        yield running
+
+
+def _associate(node: NodeProcess) -> Association:
+    ae = AE(ae_title="TESTSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    return assoc
+
+
+def _crafted_store(assoc: Association, body: bytes, sop_uid: str, msg_id: int) -> int | None:
+    """One C-STORE-RQ with exactly these parameters; the response status, None when none came."""
+    context = assoc.accepted_contexts[0]
+    req = C_STORE()
+    req.MessageID = msg_id
+    req.AffectedSOPClassUID = CTImageStorage
+    req.AffectedSOPInstanceUID = sop_uid
+    req.Priority = 2
+    req.DataSet = BytesIO(body)
+    # As pynetdicom's own send_* methods do: pause the reactor, or it takes the response off the queue.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(req, int(context.context_id or 0))
+        _cx, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return None if rsp is None else int(rsp.Status)
+
+
+def test_c_store_without_sop_instance_uid_is_answered_with_a_failure(node: NodeProcess, tmp_path: Path) -> None:
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    assoc = _associate(node)
+    try:
+        started = time.monotonic()
+        status = _crafted_store(assoc, dataset_bytes(path), "", msg_id=1)
+        assert status == StoreStatus.CANNOT_UNDERSTAND
+        assert time.monotonic() - started < 5
+        # The association goes on: the next, good instance is stored.
+        good = pydicom.dcmread(path)
+        assert _crafted_store(assoc, dataset_bytes(path), str(good.SOPInstanceUID), msg_id=2) == StoreStatus.SUCCESS
+    finally:
+        assoc.release()
+    assert "C-STORE-RQ without AffectedSOPInstanceUID" in node.log_text()
+
+
+def test_sop_instance_uid_over_64_characters_fails_that_store_not_the_association(
+    node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our own SCU must be allowed to send the bad UID.
+    monkeypatch.setitem(pynetdicom_config.VALIDATORS, "UI", lambda value: (True, ""))
+    paths = make_ct_series(tmp_path / "s", slices=2)
+    long_uid = "1.2." + "3" * 70
+    ds = pydicom.dcmread(paths[0])
+    ds.SOPInstanceUID = long_uid
+    buf = BytesIO()
+    ds.save_as(buf, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    assoc = _associate(node)
+    try:
+        assert _crafted_store(assoc, buf.getvalue(), long_uid, msg_id=1) == StoreStatus.CANNOT_UNDERSTAND
+        assert assoc.is_established
+        good = pydicom.dcmread(paths[1])
+        assert _crafted_store(assoc, dataset_bytes(paths[1]), str(good.SOPInstanceUID), 2) == StoreStatus.SUCCESS
+    finally:
+        assoc.release()
+
+
+def _hostile_connections(port: int) -> list[socket.socket]:
+    """Connections that never complete an A-ASSOCIATE: idle, partial PDU, garbage, 4 GB PDU length."""
+    payloads = [
+        b"",  # connect and say nothing
+        b"",
+        b"\x01\x00\x00\x00\x01\x00" + b"\x00" * 20,  # an A-ASSOCIATE-RQ cut short
+        b"\x01\x00\x00\x00\x01\x00" + b"\x00" * 20,
+        b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 100,  # a PDU announcing 0xFFFFFFFF bytes
+        b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 100,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # garbage
+        b"\x01",
+    ]
+    held = []
+    for payload in payloads:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if payload:
+            sock.sendall(payload)
+        held.append(sock)
+    # Connect and close at once, too.
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    return held
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(0.2)
+    try:
+        return sock.recv(4096) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_connections_without_association_take_no_slot_and_are_dropped(node: NodeProcess, tmp_path: Path) -> None:
+    held = _hostile_connections(node.port)
+    try:
+        # More half-open connections than slots, and an allowed caller still gets through at once.
+        assert len(held) > MAX_ASSOCIATIONS
+        done = echoscu(node.port, called=node.ae_title, calling="STORESCU", timeout_s=20)
+        assert done.returncode == 0, done.stderr
+        series = make_ct_series(tmp_path / "s", slices=3)
+        assert storescu(node.port, series, called=node.ae_title).returncode == 0
+        # And the node drops them after its handshake timeout (5 s), not after minutes.
+        started = time.monotonic()
+        wait_until(lambda: all(_closed_by_peer(s) for s in held), 15, "the node to drop half-open connections")
+        assert time.monotonic() - started < 15
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_allowed_callers_beyond_max_associations_are_refused_transiently(node: NodeProcess) -> None:
+    held = [_associate(node) for _ in range(MAX_ASSOCIATIONS)]
+    try:
+        done = echoscu(node.port, called=node.ae_title, calling="STORESCU", timeout_s=20)
+        assert done.returncode != 0
+    finally:
+        for assoc in held:
+            assoc.release()
+    assert echoscu(node.port, called=node.ae_title, calling="STORESCU", timeout_s=20).returncode == 0
