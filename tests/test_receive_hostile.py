@@ -37,10 +37,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         yield running
 
 
-def _associate(node: NodeProcess) -> Association:
+def _associate(node: NodeProcess, syntax: str = ExplicitVRLittleEndian) -> Association:
     ae = AE(ae_title="TESTSCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(CTImageStorage, syntax)
     assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
     assert assoc.is_established
     return assoc
@@ -165,3 +165,108 @@ def test_allowed_callers_beyond_max_associations_are_refused_transiently(node: N
         for assoc in held:
             assoc.release()
     assert echoscu(node.port, called=node.ae_title, calling="STORESCU", timeout_s=20).returncode == 0
+
+
+def _body(ds: pydicom.Dataset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buf = DicomBytesIO()  # no preamble, no File Meta: a C-STORE body, Explicit VR Little Endian
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def _store_one(node: NodeProcess, body: bytes, sop_uid: str, syntax: str = ExplicitVRLittleEndian) -> int | None:
+    assoc = _associate(node, syntax)
+    try:
+        return _crafted_store(assoc, body, sop_uid, msg_id=1)
+    finally:
+        assoc.release()
+
+
+def _indexed(node: NodeProcess, sop_uid: str) -> bool:
+    node.db()  # the node commits index rows at release; see InstanceStore.flush
+    return bool(node.db().query("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_uid,)))
+
+
+@pytest.mark.parametrize(
+    ("element", "vr", "bad_vr"),
+    [(b"\x20\x00\x13\x00", b"IS", b"ZZ"), (b"\x08\x00\x50\x00", b"SH", b"SX"), (b"\x08\x00\x16\x00", b"UI", b"ZZ")],
+    ids=["InstanceNumber", "AccessionNumber", "SOPClassUID"],
+)
+def test_unknown_vr_is_refused_before_success_never_acknowledged_unindexed(
+    node: NodeProcess, tmp_path: Path, element: bytes, vr: bytes, bad_vr: bytes
+) -> None:
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    ds = pydicom.dcmread(path)
+    ds.AccessionNumber = "ACC1"
+    body = _body(ds)
+    assert body.count(element + vr) == 1
+    status = _store_one(node, body.replace(element + vr, element + bad_vr), str(ds.SOPInstanceUID))
+    assert status == StoreStatus.CANNOT_UNDERSTAND  # not Success, not 0x0110 with a traceback
+    assert not _indexed(node, str(ds.SOPInstanceUID))
+    assert "unknown VR" in node.log_text()
+
+
+def _jpeg_ls_rows(ds: pydicom.Dataset) -> pydicom.Dataset:
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([bytes(range(256)) * 8])  # fragments that are no JPEG-LS codestream
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def _image_cases(path: Path) -> dict[str, tuple[bytes, str, int]]:
+    from pydicom.uid import JPEGLSLossless, RLELossless
+
+    cases: dict[str, tuple[bytes, str, int]] = {}
+    refused, no_image = int(StoreStatus.CANNOT_UNDERSTAND), int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    ds = pydicom.dcmread(path)
+    body = _body(ds)
+    cases["cut_before_pixel_data"] = (body[: body.index(b"\xe0\x7f\x10\x00")], ExplicitVRLittleEndian, no_image)
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    cases["no_pixel_data"] = (_body(ds), ExplicitVRLittleEndian, no_image)
+    ds = pydicom.dcmread(path)
+    ds.Rows = 0
+    cases["rows_0"] = (_body(ds), ExplicitVRLittleEndian, no_image)
+    cases["native_pixels_under_rle"] = (_body(pydicom.dcmread(path)), RLELossless, refused)
+    cases["garbage_fragments"] = (_body(_jpeg_ls_rows(pydicom.dcmread(path))), JPEGLSLossless, refused)
+    return cases
+
+
+def test_image_storage_without_a_decodable_image_is_refused(node: NodeProcess, tmp_path: Path) -> None:
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    sop_uid = str(pydicom.dcmread(path).SOPInstanceUID)
+    statuses = {
+        name: (_store_one(node, body, sop_uid, syntax), expected)
+        for name, (body, syntax, expected) in _image_cases(path).items()
+    }
+    assert all(got == expected for got, expected in statuses.values()), statuses
+    assert not _indexed(node, sop_uid)
+    # The intact instance is stored.
+    assert _store_one(node, _body(pydicom.dcmread(path)), sop_uid) == StoreStatus.SUCCESS
+
+
+def test_deflate_bomb_is_refused_quickly(node: NodeProcess, tmp_path: Path) -> None:
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    body = _body(ds) + b"\x00" * (32 * 1024 * 1024)  # 32 MB of zeros after the image
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = deflater.compress(body) + deflater.flush()
+    assert len(bomb) < 64 * 1024
+    started = time.monotonic()
+    status = _store_one(node, bomb, str(ds.SOPInstanceUID), DeflatedExplicitVRLittleEndian)
+    assert status == StoreStatus.CANNOT_UNDERSTAND
+    assert time.monotonic() - started < 5
+    assert "inflates past" in node.log_text()
+    # A genuinely deflated instance is still accepted.
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    good = deflater.compress(_body(ds)) + deflater.flush()
+    assert _store_one(node, good, str(ds.SOPInstanceUID), DeflatedExplicitVRLittleEndian) == StoreStatus.SUCCESS

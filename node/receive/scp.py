@@ -45,7 +45,12 @@ from node.dimse_status import (
     EchoStatus,
     StoreStatus,
 )
-from node.errors import InvalidDatasetError, InvalidIdentifierError, OutOfResourcesError
+from node.errors import (
+    DatasetDoesNotMatchSOPClassError,
+    InvalidDatasetError,
+    InvalidIdentifierError,
+    OutOfResourcesError,
+)
 from node.logging_setup import quiet_pynetdicom
 from node.receive import latency
 from node.store.ingest import InstanceStore
@@ -265,6 +270,11 @@ class StorageSCP:
             status = hex(StoreStatus.OUT_OF_RESOURCES)
             bound.error("store_refused", status=status, reason=str(exc))
             return _failure(StoreStatus.OUT_OF_RESOURCES, "Out of resources: disk below watermark")
+        except DatasetDoesNotMatchSOPClassError as exc:
+            metrics.instances_rejected.labels(source="dimse", reason="invalid").inc()
+            status = hex(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+            bound.warning("store_failed", status=status, reason=str(exc))
+            return _failure(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
         except (InvalidDatasetError, InvalidIdentifierError) as exc:
             metrics.instances_rejected.labels(source="dimse", reason="invalid").inc()
             bound.warning("store_failed", status=hex(StoreStatus.CANNOT_UNDERSTAND), reason=str(exc))
