@@ -270,3 +270,33 @@ def test_deflate_bomb_is_refused_quickly(node: NodeProcess, tmp_path: Path) -> N
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     good = deflater.compress(_body(ds)) + deflater.flush()
     assert _store_one(node, good, str(ds.SOPInstanceUID), DeflatedExplicitVRLittleEndian) == StoreStatus.SUCCESS
+
+
+def test_no_patient_data_in_the_log_when_a_uid_swallows_the_patient_module(node: NodeProcess, tmp_path: Path) -> None:
+    import json
+    import struct
+
+    from tests.dicom_factory import CANARIES, CANARY_ACCESSION
+
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    ds = pydicom.dcmread(path)
+    ds.AccessionNumber = CANARY_ACCESSION
+    body = bytearray(_body(ds))
+    uid_at = body.index(b"\x08\x00\x18\x00UI")
+    pid_at = body.index(b"\x10\x00\x20\x00LO")
+    (pid_length,) = struct.unpack_from("<H", body, pid_at + 6)
+    struct.pack_into("<H", body, uid_at + 6, pid_at + 8 + pid_length - (uid_at + 8))
+    status = _store_one(node, bytes(body), str(ds.SOPInstanceUID))
+    assert status is not None and status != StoreStatus.SUCCESS
+    log_text = node.log_text()
+    for canary in CANARIES:
+        assert canary not in log_text
+    # Every line is one JSON event: no raw UserWarning lines from pydicom on stderr.
+    lines = [line for line in log_text.splitlines() if line.strip()]
+    not_json = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            not_json.append(line)
+    assert not not_json, not_json[:5]

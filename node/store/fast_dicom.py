@@ -14,7 +14,6 @@ Both have a simple, fixed job here:
 from __future__ import annotations
 
 import io
-import re
 import struct
 import zlib
 
@@ -25,6 +24,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, RLELossless
 
 from node.errors import DatasetDoesNotMatchSOPClassError, InvalidDatasetError
+from node.logging_setup import scrub_values
 
 PIXEL_DATA_TAG = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -42,7 +42,6 @@ _JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.1
                   "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}  # fmt: skip
 _J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
                  "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}  # fmt: skip
-_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"")
 _LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
 
 
@@ -82,11 +81,6 @@ def encode_file_meta(
 
 def _stop_at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
     return int(tag) == PIXEL_DATA_TAG
-
-
-def scrub_values(text: str) -> str:
-    """Library messages quote the values they complain about: those may be patient data."""
-    return _QUOTED.sub("'[value]'", text)
 
 
 def is_image_storage(sop_class_uid: str) -> bool:
