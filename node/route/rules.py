@@ -581,8 +581,13 @@ def evaluate_routes(
     attributes: Mapping[str, object] | Dataset,
     calling_ae: str,
     called_ae: str,
+    *,
+    series_uid: str | None = None,
 ) -> RoutingDecision:
-    """Decide which routes apply to one series; every route is evaluated so the explanation is complete."""
+    """Decide which routes apply to one series; every route is evaluated so the explanation is complete.
+
+    ``series_uid`` names the series in the log line when ``attributes`` (the index's routing tags) lack it.
+    """
     attrs: Mapping[str, object] = attributes_from_dataset(attributes) if isinstance(attributes, Dataset) else attributes
     ctx = _Context(attrs, calling_ae.strip(), called_ae.strip())
     evaluations: list[RouteEvaluation] = []
@@ -605,7 +610,7 @@ def evaluate_routes(
         if used_fallback:
             matched.append(fallback)
         evaluations.append(RouteEvaluation(fallback, used_fallback, True, ConditionResult(used_fallback, "fallback")))
-    series_uid = attrs.get("SeriesInstanceUID")
+    series_uid = series_uid or attrs.get("SeriesInstanceUID")
     if matched:
         log.info(
             "route_decision",
