@@ -610,14 +610,14 @@ def evaluate_routes(
         if used_fallback:
             matched.append(fallback)
         evaluations.append(RouteEvaluation(fallback, used_fallback, True, ConditionResult(used_fallback, "fallback")))
-    series_uid = series_uid or attrs.get("SeriesInstanceUID")
+    logged_uid = series_uid or attrs.get("SeriesInstanceUID")
     if matched:
         log.info(
             "route_decision",
-            series_instance_uid=series_uid,
+            series_instance_uid=logged_uid,
             routes=[r.name for r in matched],
             fallback=used_fallback,
         )
     else:
-        log.info("route_no_match_no_job", series_instance_uid=series_uid, routes_tried=len(evaluations))
+        log.info("route_no_match_no_job", series_instance_uid=logged_uid, routes_tried=len(evaluations))
     return RoutingDecision(tuple(matched), tuple(evaluations), used_fallback)
