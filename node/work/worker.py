@@ -18,7 +18,7 @@ from typing import Any
 import pydicom
 import structlog
 
-from node.config import NodeConfig
+from node.config import RESULT_OBJECT_PIPELINES, NodeConfig
 from node.logging_setup import configure_logging
 from node.store.db import Database, now
 from node.store.spool import Spool
@@ -127,7 +127,7 @@ class Worker:
 
     def _encode(self, job: Job, result: PipelineResult, volume: CTVolume | None) -> list[tuple[str, str, Path]]:
         """DICOM objects for a completed findings result: [(sop_uid, kind, path)]."""
-        if result.status is not ResultStatus.COMPLETED or job.pipeline != "lung-nodule" or volume is None:
+        if result.status is not ResultStatus.COMPLETED or job.pipeline not in RESULT_OBJECT_PIPELINES or volume is None:
             return []
         from node.encode import encode_results, write_results
 
