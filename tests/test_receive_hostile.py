@@ -92,11 +92,9 @@ def test_sop_instance_uid_over_64_characters_fails_that_store_not_the_associatio
     long_uid = "1.2." + "3" * 70
     ds = pydicom.dcmread(paths[0])
     ds.SOPInstanceUID = long_uid
-    buf = BytesIO()
-    ds.save_as(buf, implicit_vr=False, little_endian=True, enforce_file_format=False)
     assoc = _associate(node)
     try:
-        assert _crafted_store(assoc, buf.getvalue(), long_uid, msg_id=1) == StoreStatus.CANNOT_UNDERSTAND
+        assert _crafted_store(assoc, _body(ds), long_uid, msg_id=1) == StoreStatus.CANNOT_UNDERSTAND
         assert assoc.is_established
         good = pydicom.dcmread(paths[1])
         assert _crafted_store(assoc, dataset_bytes(paths[1]), str(good.SOPInstanceUID), 2) == StoreStatus.SUCCESS
