@@ -286,6 +286,12 @@ def test_no_patient_data_in_the_log_when_a_uid_swallows_the_patient_module(node:
     struct.pack_into("<H", body, uid_at + 6, pid_at + 8 + pid_length - (uid_at + 8))
     status = _store_one(node, bytes(body), str(ds.SOPInstanceUID))
     assert status is not None and status != StoreStatus.SUCCESS
+    # A "UID" that is patient data, announced and in the dataset: refused without echoing it.
+    from tests.dicom_factory import CANARY_PATIENT_ID
+
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = CANARY_PATIENT_ID
+    assert _store_one(node, _body(ds), CANARY_PATIENT_ID) == StoreStatus.CANNOT_UNDERSTAND
     log_text = node.log_text()
     for canary in CANARIES:
         assert canary not in log_text
