@@ -32,6 +32,7 @@ from pydicom.uid import UID
 
 from node import __version__, metrics
 from node.errors import InvalidDatasetError, OutOfResourcesError
+from node.logging_setup import scrub_values
 from node.store.db import Database, now
 from node.store.fast_dicom import encode_file_meta, is_image_storage, parse_header
 from node.store.spool import Spool
@@ -355,7 +356,7 @@ class IndexWriter:
             "index_write_failed",
             sop_instance_uid=str(row.ds.get("SOPInstanceUID", "")),
             path=str(row.path),
-            reason=f"{type(exc).__name__}: {exc}",
+            reason=f"{type(exc).__name__}: {scrub_values(str(exc))}",  # library text may quote values
         )
 
 
