@@ -7,6 +7,7 @@ Call :func:`configure_logging` once per process. Stages get a logger with
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
 from collections.abc import MutableMapping
@@ -40,6 +41,7 @@ PHI_KEYS = frozenset(
 # Library messages (pydicom's validation warnings, pynetdicom's errors) quote the value they complain
 # about, and a value may be a patient's name: the quoted part of such a message is replaced.
 _MAX_FOREIGN_MESSAGE = 500
+_QUERY = re.compile(r"\?[^ \"]*")
 
 
 def scrub_values(text: str) -> str:
@@ -55,7 +57,11 @@ def _scrub_foreign(_logger: Any, _method: str, event_dict: MutableMapping[str, A
     """Records from the stdlib (third-party loggers, the warnings module): scrubbed text only."""
     event = event_dict.get("event")
     if isinstance(event, str):
-        event_dict["event"] = scrub_values(event)[:_MAX_FOREIGN_MESSAGE]
+        if event_dict.get("logger") == "uvicorn.access":
+            # The quoted part is the node's own request line: kept, without its query string.
+            event_dict["event"] = _QUERY.sub("?[query]", event)[:_MAX_FOREIGN_MESSAGE]
+        else:
+            event_dict["event"] = scrub_values(event)[:_MAX_FOREIGN_MESSAGE]
     exc_info = event_dict.pop("exc_info", None)
     if exc_info:
         if exc_info is True:
