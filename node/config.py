@@ -70,6 +70,9 @@ class DicomConfig(_Model):
     max_pdu_bytes: int = Field(default=0, ge=0)
     network_timeout_s: float = Field(default=60.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
+    # A connection that has not completed its A-ASSOCIATE request this soon is dropped; it never holds
+    # one of the max_associations slots (those go to callers that passed the allow-list).
+    handshake_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
     _check_aet = field_validator("ae_title")(validate_ae_title)
 
@@ -251,6 +254,37 @@ class NodeConfig(_Model):
         return self
 
 
+# Pipelines whose results are DICOM objects (SEG, SR, SC) to deliver; the others record a summary only.
+RESULT_OBJECT_PIPELINES = frozenset({"lung-nodule"})
+
+
+def unrouted_result_warnings(routes: list[Route]) -> list[str]:
+    """Routes whose DICOM results reach no destination (they stay on the node, nobody is told)."""
+    out = []
+    for route in routes:
+        producing = [p for p in route.pipelines if p in RESULT_OBJECT_PIPELINES]
+        if producing and not route.destinations:
+            out.append(
+                f"route {route.name!r} runs {', '.join(producing)} but names no destination: "
+                "its results stay on the node and never reach the PACS (add `destinations:` to the route)"
+            )
+    return out
+
+
+def configuration_warnings(config: NodeConfig) -> list[str]:
+    """What is valid but almost certainly not meant: said at start-up and by `ainode check-config`."""
+    out = []
+    if not config.dicom.allowed_callers and not config.dicom.accept_any_caller:
+        out.append(
+            "dicom.allowed_callers is empty: every association will be rejected "
+            "(add callers in the config or with --allow AET[@HOST])"
+        )
+    if config.http.enabled and not config.http.auth.credentials:
+        out.append("http.auth.credentials is empty: the API, the worklist and STOW-RS refuse everyone")
+    out += unrouted_result_warnings(config.routes)
+    return out
+
+
 def _format_validation_error(source: str, exc: ValidationError) -> str:
     lines = [f"invalid configuration in {source}:"]
     for err in exc.errors():
@@ -283,6 +317,14 @@ def load_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None =
         if not isinstance(loaded, dict):
             raise ConfigError(f"configuration {path} must be a mapping at the top level")
         data = loaded
+        # A relative data_dir is the config file's folder's, not the current directory's: `ainode status
+        # --config FILE` then finds the node's index from anywhere. (--data-dir is the caller's, cwd.)
+        storage = data.get("storage")
+        if storage is None or isinstance(storage, dict):
+            storage = dict(storage or {})
+            data_dir = Path(str(storage.get("data_dir", StorageConfig().data_dir)))
+            storage["data_dir"] = str(data_dir if data_dir.is_absolute() else path.parent.resolve() / data_dir)
+            data["storage"] = storage
     for section, values in (overrides or {}).items():
         merged = dict(data.get(section) or {})
         merged.update({k: v for k, v in values.items() if v is not None})

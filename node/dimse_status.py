@@ -46,3 +46,10 @@ class AssociateRejectReason(enum.IntEnum):
     NO_REASON_GIVEN = 0x01
     CALLING_AE_NOT_RECOGNIZED = 0x03
     CALLED_AE_NOT_RECOGNIZED = 0x07
+
+
+class AssociateRejectProviderReason(enum.IntEnum):
+    """Reasons when the source is SERVICE_PROVIDER_PRESENTATION."""
+
+    TEMPORARY_CONGESTION = 0x01
+    LOCAL_LIMIT_EXCEEDED = 0x02

@@ -19,6 +19,10 @@ class InvalidDatasetError(NodeError):
     """A received dataset cannot be stored (unreadable, missing required attributes...)."""
 
 
+class DatasetDoesNotMatchSOPClassError(InvalidDatasetError):
+    """The dataset lacks what its SOP class requires (an image storage instance without an image)."""
+
+
 class OutOfResourcesError(NodeError):
     """Free disk is below the configured watermark; new data is refused, stored data is kept."""
 

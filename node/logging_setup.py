@@ -7,7 +7,9 @@ Call :func:`configure_logging` once per process. Stages get a logger with
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import traceback
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -34,6 +36,41 @@ PHI_KEYS = frozenset(
         "PatientAddress",
     }
 )
+
+
+# Library messages (pydicom's validation warnings, pynetdicom's errors) quote the value they complain
+# about, and a value may be a patient's name: the quoted part of such a message is replaced.
+_MAX_FOREIGN_MESSAGE = 500
+_QUERY = re.compile(r"\?[^ \"]*")
+
+
+def scrub_values(text: str) -> str:
+    """``text`` without the values it quotes: everything from its first quote character to its last
+    (a value may hold quotes itself, as in O'Brien)."""
+    quotes = [i for i, c in enumerate(text) if c in "'\""]
+    if not quotes:
+        return text
+    return text[: quotes[0]] + "[value]" + text[quotes[-1] + 1 :]
+
+
+def _scrub_foreign(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Records from the stdlib (third-party loggers, the warnings module): scrubbed text only."""
+    event = event_dict.get("event")
+    if isinstance(event, str):
+        if event_dict.get("logger") == "uvicorn.access":
+            # The quoted part is the node's own request line: kept, without its query string.
+            event_dict["event"] = _QUERY.sub("?[query]", event)[:_MAX_FOREIGN_MESSAGE]
+        else:
+            event_dict["event"] = scrub_values(event)[:_MAX_FOREIGN_MESSAGE]
+    exc_info = event_dict.pop("exc_info", None)
+    if exc_info:
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        if isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        if isinstance(exc_info, tuple) and exc_info[0] is not None:
+            event_dict["exception"] = scrub_values("".join(traceback.format_exception(*exc_info)))
+    return event_dict
 
 
 def _drop_phi(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -69,12 +106,15 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, _scrub_foreign],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # warnings.warn (pydicom's validation warnings...) goes through the same scrubbed JSON path,
+    # never raw to stderr.
+    logging.captureWarnings(True)
     quiet_pynetdicom()
 
 

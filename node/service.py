@@ -115,7 +115,12 @@ class NodeService:
                 self.store.index_spool_file(path, called_ae=self.config.dicom.ae_title)
                 count += 1
             except NodeError as exc:
-                log.error("spool_file_unreadable", path=str(path), reason=str(exc))
+                # Acknowledged by an earlier version that did not check what it cannot index: moved out
+                # of the spool (kept, beside it) and reported once, instead of failing at every start.
+                kept = self.config.storage.data_dir / "unreadable" / path.relative_to(self.spool.root)
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(kept)
+                log.error("spool_file_unreadable", path=str(kept), reason=str(exc))
         self.store.flush()
         return count
 

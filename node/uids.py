@@ -21,6 +21,6 @@ def validate_uid(value: object, what: str = "UID") -> str:
     if len(uid) > 64:
         raise InvalidIdentifierError(f"{what} is longer than 64 characters")
     if not _UID.match(uid):
-        # The value itself is not echoed in full: it came from the wire and may be anything.
-        raise InvalidIdentifierError(f"{what} {uid[:64]!r} is not a valid DICOM UID (digits and dots only)")
+        # The value itself is not echoed: it came from the wire and may be anything (a patient's name).
+        raise InvalidIdentifierError(f"{what} is not a valid DICOM UID (digits and dots only, {len(uid)} characters)")
     return uid

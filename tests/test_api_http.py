@@ -197,9 +197,13 @@ def test_stow_malformed_parts_fail_with_reasons_good_parts_stored(
     # The truncated part's File Meta was readable: its failure names the instance.
     truncated_uid = str(pydicom.dcmread(files[2], stop_before_pixels=True).SOPInstanceUID)
     assert "00081155" not in failed[0] and failed[1]["00081155"]["Value"] == [truncated_uid]
-    warnings = response.headers.get_list("warning")
-    assert any("part 2" in w and "not a DICOM Part-10 file" in w for w in warnings), warnings
-    assert any("part 4" in w and "truncated" in w for w in warnings), warnings
+    # One summarised Warning header, however many parts failed; each reason in its failed item.
+    [warning] = response.headers.get_list("warning")
+    assert warning.startswith("299 ") and "2 part(s) failed" in warning and "part 2" in warning, warning
+    comments = [item["00000902"]["Value"][0] for item in failed]
+    assert "part 2" in comments[0] and "not a DICOM Part-10 file" in comments[0], comments
+    assert "part 4" in comments[1] and "truncated" in comments[1], comments
+
     # Exactly the two good instances were added; nothing of the bad parts, nothing half-written.
     assert node.db().query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == count_before + 2
     new_files = spool_files(data_dir) - spool_before
@@ -208,6 +212,13 @@ def test_stow_malformed_parts_fail_with_reasons_good_parts_stored(
     }
     assert not list((data_dir / "spool" / ".incoming").iterdir())
     assert node.series_row(series_uid)["instance_count"] == 2  # type: ignore[index]
+
+
+def test_stow_many_failed_parts_get_one_warning_header(client: httpx.Client) -> None:
+    response = stow(client, [b"not DICOM %d" % i for i in range(150)], bearer(OPERATOR))
+    assert response.status_code == 409, response.text
+    assert len(response.headers.get_list("warning")) == 1
+    assert len(response.json()["00081198"]["Value"]) == 150
 
 
 @pytest.mark.parametrize(

@@ -111,3 +111,26 @@ def test_spool_files_missing_from_the_index_are_indexed_at_start_up(tmp_path: Pa
     with node.start():
         assert node.db().query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 8
         assert '"instances_reindexed": 3' in node.log_text()
+
+
+def test_unreadable_spool_file_of_an_earlier_version_is_set_aside_and_reported_once(tmp_path: Path) -> None:
+    """Earlier versions acknowledged instances with an unknown VR, which then failed indexing at every
+    start-up. Such a file is moved beside the spool (data_dir/unreadable) and reported once."""
+    [good] = make_ct_series(tmp_path / "ct", slices=1)
+    ds = pydicom.dcmread(good)
+    data = good.read_bytes().replace(b"\x20\x00\x13\x00IS", b"\x20\x00\x13\x00ZZ")
+    node = NodeProcess(tmp_path / "node", {"workers": {"processes": 0}})
+    spooled = (
+        node.data_dir / "spool" / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+    )
+    spooled.parent.mkdir(parents=True)
+    spooled.write_bytes(data)
+    with node:
+        pass
+    assert not spooled.exists()
+    kept = node.data_dir / "unreadable" / spooled.relative_to(node.data_dir / "spool")
+    assert kept.read_bytes() == data
+    assert node.log_text().count('"spool_file_unreadable"') == 1 and "unknown VR" in node.log_text()
+    with node.start():
+        pass
+    assert node.log_text().count('"spool_file_unreadable"') == 1

@@ -300,3 +300,18 @@ def test_load_routes_from_yaml(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace("port: 104", "port: 0"))
     with pytest.raises(ValidationError, match=r"pacs\.dimse\.port"):
         load_routes_from_yaml(config)
+
+
+def test_route_decision_log_names_the_series() -> None:
+    import json
+
+    from structlog.testing import capture_logs
+
+    from node.route.planner import JobPlanner
+
+    routes = [Route.model_validate({"name": "ct", "when": {"tag": "Modality", "equals": "CT"}, "pipelines": ["x"]})]
+    row = {"series_uid": "1.2.3.4", "attributes": json.dumps({"Modality": "CT"}), "calling_ae": "A", "called_ae": "B"}
+    with capture_logs() as logs:
+        JobPlanner(routes).decide(row)  # type: ignore[arg-type]  # a mapping like the index's row
+    [decision] = [e for e in logs if e["event"] == "route_decision"]
+    assert decision["series_instance_uid"] == "1.2.3.4"

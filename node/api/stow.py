@@ -4,8 +4,9 @@ path as C-STORE (temp file, fsync, rename; then the index) — before the respon
 
 Response (PS3.18 §10.5.3, application/dicom+json): 200 every instance stored; 202 some stored, the
 rest in FailedSOPSequence with a FailureReason; 409 none stored; 400 when the body itself is not a
-multipart/related message (nothing stored). The human-readable reason of each failure is in a
-``Warning: 299`` header (PS3.18 §8.8.4 style), since a DICOM JSON response has no free-text field.
+multipart/related message (nothing stored). The human-readable reason of each failure is the Error
+Comment of its FailedSOPSequence item; one ``Warning: 299`` header (PS3.18 §8.8.4 style) summarises
+them (one header per part would exceed what HTTP clients accept for large uploads).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class StowResult:
                 out["00081155"] = {"vr": "UI", "Value": [o.sop_instance_uid]}
             if o.failure is not None:
                 out["00081197"] = {"vr": "US", "Value": [int(o.failure)]}
+                # Error Comment (LO, 64 characters): the reason, as a C-STORE response would carry it.
+                out["00000902"] = {"vr": "LO", "Value": [f"part {o.index}: {o.reason}"[:64]]}
             return out
 
         body: dict[str, Any] = {}
@@ -97,7 +100,13 @@ class StowResult:
         return body
 
     def warnings(self) -> list[str]:
-        return [warning_header(f"part {o.index}: {o.reason}") for o in self.failed]
+        """One summarised Warning header, however many parts failed (clients refuse long header lists);
+        each part's reason is in its FailedSOPSequence item of the body (Error Comment)."""
+        if not self.failed:
+            return []
+        first = self.failed[0]
+        more = f"; {len(self.failed) - 1} more, reasons in FailedSOPSequence" if len(self.failed) > 1 else ""
+        return [warning_header(f"{len(self.failed)} part(s) failed: part {first.index}: {first.reason}{more}")]
 
 
 def warning_header(text: str) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 DEFAULT_CONFIG = Path("/etc/ainode/node.yaml")
@@ -106,6 +107,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.directory.is_dir():
         print(f"route-test: {args.directory} is not a directory", file=sys.stderr)
         return 2
+    from node.config import default_routes, unrouted_result_warnings
+
+    document = yaml.safe_load(args.config.read_text()) or {}
+    if isinstance(document, dict) and "routes" not in document:
+        # As `ainode serve` does: without a `routes:` section the node runs its default route.
+        section = section.model_copy(update={"routes": default_routes()})
+        print("route-test: no `routes:` in the config: the node's default route applies", file=sys.stderr)
+    for warning in unrouted_result_warnings(section.routes):
+        print(f"route-test: WARNING {warning}", file=sys.stderr)
     for route_name, keywords in unindexed_keywords(section.routes, ROUTING_KEYWORDS).items():
         print(
             f"route-test: WARNING route {route_name!r} tests {keywords}, which the node's index does not keep: "

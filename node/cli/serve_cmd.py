@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.config import NodeConfig, load_config
+from node.config import NodeConfig, configuration_warnings, load_config
 from node.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -61,17 +61,11 @@ def _serve(args: argparse.Namespace) -> int:
     config = config_from_args(args, extra)  # a ConfigError here is reported by node.cli.main
     configure_logging(config.logging.level, config.logging.format)
     service = NodeService(config)
-    if not config.dicom.allowed_callers and not config.dicom.accept_any_caller:
-        print(
-            "ainode: warning: dicom.allowed_callers is empty: every association will be rejected "
-            "(add callers in the config or with --allow AET[@HOST])",
-            file=sys.stderr,
-        )
-    if config.http.enabled and not config.http.auth.credentials:
-        print(
-            "ainode: warning: http.auth.credentials is empty: the API, the worklist and STOW-RS refuse everyone",
-            file=sys.stderr,
-        )
+    import structlog
+
+    for warning in configuration_warnings(config):
+        print(f"ainode: warning: {warning}", file=sys.stderr)
+        structlog.get_logger(__name__).warning("configuration_warning", warning=warning)
     try:
         service.run_until_signalled()
     except ConfigError as exc:  # e.g. the HTTP port is taken: found only when the server binds
@@ -87,6 +81,11 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{args.file}: OK (AE {config.dicom.ae_title} on port {config.dicom.port}, "
         f"{len(config.dicom.allowed_callers)} allowed caller(s), data in {config.storage.data_dir})"
     )
+    for warning in configuration_warnings(config):
+        print(f"WARNING: {warning}", file=sys.stderr)
+    if not config.dicom.allowed_callers and not config.dicom.accept_any_caller:
+        print(f"{args.file}: this node refuses every DICOM caller", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,6 +7,7 @@ trip) and hands them to :class:`InstanceStore`, which answers only once they are
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any, cast
 
 import structlog
@@ -27,6 +28,8 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
@@ -35,13 +38,19 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node import metrics
 from node.config import DicomConfig
 from node.dimse_status import (
+    AssociateRejectProviderReason,
     AssociateRejectReason,
     AssociateRejectResult,
     AssociateRejectSource,
     EchoStatus,
     StoreStatus,
 )
-from node.errors import InvalidDatasetError, InvalidIdentifierError, OutOfResourcesError
+from node.errors import (
+    DatasetDoesNotMatchSOPClassError,
+    InvalidDatasetError,
+    InvalidIdentifierError,
+    OutOfResourcesError,
+)
 from node.logging_setup import quiet_pynetdicom
 from node.receive import latency
 from node.store.ingest import InstanceStore
@@ -69,6 +78,21 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 ]
 
 
+# Idle, half-open or garbage connections are dropped after handshake_timeout_s; they are not counted
+# against max_associations, but pynetdicom still gives each a thread: this many at most.
+PENDING_CONNECTIONS = 64
+# The largest PDU accepted before an association is established: an A-ASSOCIATE-RQ proposing every
+# storage SOP class with all its transfer syntaxes is ~40 KB. A 0xFFFFFFFF length is refused at once.
+MAX_HANDSHAKE_PDU_BYTES = 1024 * 1024
+
+
+def _lenient_ui(value: Any) -> tuple[bool, str]:
+    """pynetdicom's check of command-set UIDs, made lenient: a bad Affected SOP Instance UID (over 64
+    characters...) then reaches the C-STORE handler, which fails that one operation with the reason,
+    instead of pynetdicom aborting the whole association."""
+    return True, ""
+
+
 def _failure(status: StoreStatus, comment: str) -> Dataset:
     rsp = Dataset()
     rsp.Status = int(status)
@@ -84,12 +108,18 @@ class StorageSCP:
         self.store = store
         self._server: ThreadedAssociationServer | None = None
         self._allowed = {c.ae_title: c.host for c in config.allowed_callers}
+        # Slots of max_associations, held only by associations that passed the allow-list.
+        self._slots: set[Association] = set()
+        self._slots_lock = threading.Lock()
+        pynetdicom_config.VALIDATORS["UI"] = _lenient_ui
         ae = AE(ae_title=config.ae_title)
-        ae.maximum_associations = config.max_associations
+        ae.maximum_associations = config.max_associations + PENDING_CONNECTIONS
         ae.maximum_pdu_size = config.max_pdu_bytes
         ae.network_timeout = config.network_timeout_s
         ae.dimse_timeout = config.dimse_timeout_s
-        ae.acse_timeout = 30
+        # How long a connection may take to send its A-ASSOCIATE-RQ (also bounds the socket reads until
+        # then, see _on_connection_open).
+        ae.acse_timeout = config.handshake_timeout_s
         ae.require_called_aet = True
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
@@ -131,13 +161,19 @@ class StorageSCP:
             self._server = None
 
     # --- handlers ------------------------------------------------------------------------------
-    @staticmethod
-    def _on_connection_open(event: evt.Event) -> None:
+    def _on_connection_open(self, event: evt.Event) -> None:
+        assoc = event.assoc
         # pynetdicom leaves Nagle on: every small PDU would wait for a delayed ACK.
-        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        sock = assoc.dul.socket.socket if assoc.dul.socket else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        event.assoc.dul._run_loop_delay = latency.DUL_LOOP_DELAY_S
+            # Until the association is established, a stalled or trickling peer is cut off quickly
+            # (_on_established restores the network timeout).
+            sock.settimeout(self.config.handshake_timeout_s)
+        assoc.dul._run_loop_delay = latency.DUL_LOOP_DELAY_S
+        if assoc.dul.socket is not None:
+            _bound_handshake_reads(assoc)
+        _answer_incomplete_requests(assoc)
 
     def _on_association_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -146,6 +182,7 @@ class StorageSCP:
         calling = str(primitive.calling_ae_title).strip()
         host = str(assoc.requestor.address)
         if self.config.accept_any_caller:
+            self._take_slot(assoc)
             return
         reason = None
         if calling not in self._allowed:
@@ -163,9 +200,33 @@ class StorageSCP:
             # As pynetdicom does for its own rejections: let the DUL flush the A-ASSOCIATE-RJ
             # before the server closes the socket.
             assoc.kill()
+            return
+        self._take_slot(assoc)
 
-    @staticmethod
-    def _on_established(event: evt.Event) -> None:
+    def _take_slot(self, assoc: Association) -> None:
+        """One of max_associations for an allowed caller, or A-ASSOCIATE-RJ (transient, local limit)."""
+        with self._slots_lock:
+            self._slots = {a for a in self._slots if a.is_alive() and not (a.is_released or a.is_aborted)}
+            if len(self._slots) < self.config.max_associations:
+                self._slots.add(assoc)
+                return
+        log.warning("association_rejected", peer_host=str(assoc.requestor.address), reason="all slots busy")
+        metrics.associations.labels(outcome="rejected").inc()
+        assoc.acse.send_reject(
+            AssociateRejectResult.REJECTED_TRANSIENT,
+            AssociateRejectSource.SERVICE_PROVIDER_PRESENTATION,
+            AssociateRejectProviderReason.LOCAL_LIMIT_EXCEEDED,
+        )
+        assoc.kill()
+
+    def _release_slot(self, assoc: Association) -> None:
+        with self._slots_lock:
+            self._slots.discard(assoc)
+
+    def _on_established(self, event: evt.Event) -> None:
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        if sock is not None:
+            sock.settimeout(self.config.network_timeout_s)
         metrics.associations.labels(outcome="accepted").inc()
         metrics.active_associations.inc()
         log.info(
@@ -180,8 +241,8 @@ class StorageSCP:
         self.store.flush(timeout_s=10)
         self._on_closed(event)
 
-    @staticmethod
-    def _on_closed(event: evt.Event) -> None:
+    def _on_closed(self, event: evt.Event) -> None:
+        self._release_slot(event.assoc)
         if event.assoc.is_established or event.assoc.is_released or event.assoc.is_aborted:
             metrics.active_associations.dec()
 
@@ -209,6 +270,11 @@ class StorageSCP:
             status = hex(StoreStatus.OUT_OF_RESOURCES)
             bound.error("store_refused", status=status, reason=str(exc))
             return _failure(StoreStatus.OUT_OF_RESOURCES, "Out of resources: disk below watermark")
+        except DatasetDoesNotMatchSOPClassError as exc:
+            metrics.instances_rejected.labels(source="dimse", reason="invalid").inc()
+            status = hex(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+            bound.warning("store_failed", status=status, reason=str(exc))
+            return _failure(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
         except (InvalidDatasetError, InvalidIdentifierError) as exc:
             metrics.instances_rejected.labels(source="dimse", reason="invalid").inc()
             bound.warning("store_failed", status=hex(StoreStatus.CANNOT_UNDERSTAND), reason=str(exc))
@@ -226,3 +292,43 @@ class StorageSCP:
             result=stored.result,
         )
         return int(StoreStatus.SUCCESS)
+
+
+def _bound_handshake_reads(assoc: Association) -> None:
+    """Refuse a PDU longer than MAX_HANDSHAKE_PDU_BYTES before the association is established (a peer
+    announcing 0xFFFFFFFF bytes would otherwise keep the connection reading)."""
+    sock = assoc.dul.socket
+    assert sock is not None
+    recv = sock.recv
+
+    def bounded(nr_bytes: int) -> bytearray:
+        if nr_bytes > MAX_HANDSHAKE_PDU_BYTES and not assoc.is_established:
+            raise OSError(f"PDU of {nr_bytes} bytes before the association was established")
+        return recv(nr_bytes)
+
+    sock.recv = bounded  # type: ignore[method-assign]  # per-connection wrapper of pynetdicom's socket
+
+
+def _answer_incomplete_requests(assoc: Association) -> None:
+    """pynetdicom silently drops a C-STORE-RQ that lacks a required parameter (an empty Affected SOP
+    Instance UID...), leaving the sender waiting for its timeout: answer it with a failure instead."""
+    serve = assoc._serve_request
+
+    def guarded(msg: Any, context_id: int) -> None:
+        if isinstance(msg, C_STORE) and msg.MessageID is not None and not msg.is_valid_request:
+            missing = [k for k in C_STORE.REQUEST_KEYWORDS if getattr(msg, k) is None]
+            rsp = C_STORE()
+            rsp.MessageIDBeingRespondedTo = msg.MessageID
+            rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+            rsp.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+            rsp.Status = int(StoreStatus.CANNOT_UNDERSTAND)
+            comment = f"C-STORE-RQ without {', '.join(missing)}"[:64]
+            rsp.ErrorComment = comment  # type: ignore[assignment]  # pynetdicom types it as None only
+            log.warning("store_failed", status=hex(StoreStatus.CANNOT_UNDERSTAND), reason=comment,
+                        calling_ae=str(assoc.requestor.ae_title).strip())  # fmt: skip
+            metrics.instances_rejected.labels(source="dimse", reason="invalid").inc()
+            assoc.dimse.send_msg(rsp, context_id)
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = guarded  # type: ignore[method-assign]  # per-association wrapper, see above

@@ -20,7 +20,13 @@ class JobPlanner:
 
     def decide(self, series: sqlite3.Row) -> RoutingDecision:
         attributes = json.loads(series["attributes"] or "{}")
-        return evaluate_routes(self.routes, attributes, series["calling_ae"] or "", series["called_ae"] or "")
+        return evaluate_routes(
+            self.routes,
+            attributes,
+            series["calling_ae"] or "",
+            series["called_ae"] or "",
+            series_uid=series["series_uid"],
+        )
 
     def queue_jobs(self, conn: sqlite3.Connection, series: sqlite3.Row) -> list[int]:
         """Inside the completion transaction: one job per (pipeline, its destinations)."""

@@ -581,8 +581,13 @@ def evaluate_routes(
     attributes: Mapping[str, object] | Dataset,
     calling_ae: str,
     called_ae: str,
+    *,
+    series_uid: str | None = None,
 ) -> RoutingDecision:
-    """Decide which routes apply to one series; every route is evaluated so the explanation is complete."""
+    """Decide which routes apply to one series; every route is evaluated so the explanation is complete.
+
+    ``series_uid`` names the series in the log line when ``attributes`` (the index's routing tags) lack it.
+    """
     attrs: Mapping[str, object] = attributes_from_dataset(attributes) if isinstance(attributes, Dataset) else attributes
     ctx = _Context(attrs, calling_ae.strip(), called_ae.strip())
     evaluations: list[RouteEvaluation] = []
@@ -605,14 +610,14 @@ def evaluate_routes(
         if used_fallback:
             matched.append(fallback)
         evaluations.append(RouteEvaluation(fallback, used_fallback, True, ConditionResult(used_fallback, "fallback")))
-    series_uid = attrs.get("SeriesInstanceUID")
+    logged_uid = series_uid or attrs.get("SeriesInstanceUID")
     if matched:
         log.info(
             "route_decision",
-            series_instance_uid=series_uid,
+            series_instance_uid=logged_uid,
             routes=[r.name for r in matched],
             fallback=used_fallback,
         )
     else:
-        log.info("route_no_match_no_job", series_instance_uid=series_uid, routes_tried=len(evaluations))
+        log.info("route_no_match_no_job", series_instance_uid=logged_uid, routes_tried=len(evaluations))
     return RoutingDecision(tuple(matched), tuple(evaluations), used_fallback)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,6 +139,13 @@ class Database:
         conn = self.connection()
         conn.executescript(SCHEMA)
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        # Random, created once with the index: job ids and series generations restart with a new index,
+        # so result UIDs derive from this too (the PACS keeps the first object stored under a UID).
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('installation_id', ?)", (uuid.uuid4().hex,))
+
+    def installation_id(self) -> str:
+        """This index's random identity (see the schema set-up above)."""
+        return str(self.query("SELECT value FROM meta WHERE key = 'installation_id'")[0]["value"])
 
     def connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -32,8 +32,9 @@ from pydicom.uid import UID
 
 from node import __version__, metrics
 from node.errors import InvalidDatasetError, OutOfResourcesError
+from node.logging_setup import scrub_values
 from node.store.db import Database, now
-from node.store.fast_dicom import encode_file_meta, parse_header
+from node.store.fast_dicom import encode_file_meta, is_image_storage, parse_header
 from node.store.spool import Spool
 from node.uids import validate_uid
 from node.work.jobs import supersede_open_jobs
@@ -194,7 +195,7 @@ class InstanceStore:
         header_bytes = encode_file_meta(
             sop_class, sop_uid, transfer_syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
         )
-        ds = parse_header(dataset_bytes, transfer_syntax, header_bytes)
+        ds = parse_header(dataset_bytes, transfer_syntax, header_bytes, require_image=is_image_storage(sop_class))
         study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
         series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         if validate_uid(ds.get("SOPInstanceUID"), "dataset SOPInstanceUID") != sop_uid:
@@ -355,7 +356,7 @@ class IndexWriter:
             "index_write_failed",
             sop_instance_uid=str(row.ds.get("SOPInstanceUID", "")),
             path=str(row.path),
-            reason=f"{type(exc).__name__}: {exc}",
+            reason=f"{type(exc).__name__}: {scrub_values(str(exc))}",  # library text may quote values
         )
 
 

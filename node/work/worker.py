@@ -18,7 +18,7 @@ from typing import Any
 import pydicom
 import structlog
 
-from node.config import NodeConfig
+from node.config import RESULT_OBJECT_PIPELINES, NodeConfig
 from node.logging_setup import configure_logging
 from node.store.db import Database, now
 from node.store.spool import Spool
@@ -40,6 +40,18 @@ IDLE_POLL_S = 0.25
 
 def index_path(config: NodeConfig) -> Path:
     return config.storage.data_dir / "index.sqlite"
+
+
+def result_uid_seed(installation_id: str, job: Job) -> str:
+    """The seed every result UID of ``job`` derives from.
+
+    Same seed for every attempt of this job: a job taken again after a crash produces the same SOP
+    Instance UIDs, so the PACS never holds two copies. A new job (late instances, an operator's re-run)
+    makes new objects, which say what they supersede. Job ids and generations restart with a new index
+    (a re-installed node, a wiped data dir): the installation id keeps those results apart from the old
+    ones, which the PACS would otherwise keep in their place.
+    """
+    return f"{installation_id}/{job.series_uid}/{job.generation}/{job.pipeline}/{job.id}"
 
 
 class Worker:
@@ -115,17 +127,14 @@ class Worker:
 
     def _encode(self, job: Job, result: PipelineResult, volume: CTVolume | None) -> list[tuple[str, str, Path]]:
         """DICOM objects for a completed findings result: [(sop_uid, kind, path)]."""
-        if result.status is not ResultStatus.COMPLETED or job.pipeline != "lung-nodule" or volume is None:
+        if result.status is not ResultStatus.COMPLETED or job.pipeline not in RESULT_OBJECT_PIPELINES or volume is None:
             return []
         from node.encode import encode_results, write_results
 
         by_uid = {s.sop_instance_uid for s in volume.slices}
         rows = self.db.query("SELECT sop_instance_uid, path FROM instances WHERE series_uid = ?", (job.series_uid,))
         sources = [pydicom.dcmread(r["path"]) for r in rows if r["sop_instance_uid"] in by_uid]
-        # Same seed for every attempt of this job: a job taken again after a crash produces the same
-        # SOP Instance UIDs, so the PACS never holds two copies. A new job (late instances, an
-        # operator's re-run) makes new objects, which say what they supersede.
-        seed = f"{job.series_uid}/{job.generation}/{job.pipeline}/{job.id}"
+        seed = result_uid_seed(self.db.installation_id(), job)
         datasets = encode_results(result, volume, sources, uid_seed=seed, previous_reports=self._earlier_reports(job))
         out_dir = self.spool.results_root / str(job.id)
         paths = write_results(datasets, out_dir)

@@ -1,0 +1,306 @@
+"""A hostile network: crafted DIMSE messages and connections that never become associations.
+
+The crafted C-STORE requests come from a pynetdicom SCU driven below its public API (DCMTK's storescu
+cannot send an empty or over-long Affected SOP Instance UID); the allowed caller that must still get
+through is DCMTK's echoscu / storescu.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+
+from node.dimse_status import StoreStatus
+from tests.dicom_factory import dataset_bytes, make_ct_series
+from tests.node_process import NodeProcess
+from tests.peers.dcmtk import echoscu, storescu
+from tests.peers.net import wait_until
+
+MAX_ASSOCIATIONS = 2
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    workdir = tmp_path_factory.mktemp("hostile")
+    with NodeProcess(workdir, {"dicom": {"max_associations": MAX_ASSOCIATIONS}}) as running:
+        yield running
+
+
+def _associate(node: NodeProcess, syntax: str = ExplicitVRLittleEndian) -> Association:
+    ae = AE(ae_title="TESTSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(CTImageStorage, syntax)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
+    assert assoc.is_established
+    return assoc
+
+
+def _crafted_store(assoc: Association, body: bytes, sop_uid: str, msg_id: int) -> int | None:
+    """One C-STORE-RQ with exactly these parameters; the response status, None when none came."""
+    context = assoc.accepted_contexts[0]
+    req = C_STORE()
+    req.MessageID = msg_id
+    req.AffectedSOPClassUID = CTImageStorage
+    req.AffectedSOPInstanceUID = sop_uid
+    req.Priority = 2
+    req.DataSet = BytesIO(body)
+    # As pynetdicom's own send_* methods do: pause the reactor, or it takes the response off the queue.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(req, int(context.context_id or 0))
+        _cx, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return None if rsp is None else int(rsp.Status)
+
+
+def test_c_store_without_sop_instance_uid_is_answered_with_a_failure(node: NodeProcess, tmp_path: Path) -> None:
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    assoc = _associate(node)
+    try:
+        started = time.monotonic()
+        status = _crafted_store(assoc, dataset_bytes(path), "", msg_id=1)
+        assert status == StoreStatus.CANNOT_UNDERSTAND
+        assert time.monotonic() - started < 5
+        # The association goes on: the next, good instance is stored.
+        good = pydicom.dcmread(path)
+        assert _crafted_store(assoc, dataset_bytes(path), str(good.SOPInstanceUID), msg_id=2) == StoreStatus.SUCCESS
+    finally:
+        assoc.release()
+    assert "C-STORE-RQ without AffectedSOPInstanceUID" in node.log_text()
+
+
+def test_sop_instance_uid_over_64_characters_fails_that_store_not_the_association(
+    node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our own SCU must be allowed to send the bad UID.
+    monkeypatch.setitem(pynetdicom_config.VALIDATORS, "UI", lambda value: (True, ""))
+    paths = make_ct_series(tmp_path / "s", slices=2)
+    long_uid = "1.2." + "3" * 70
+    ds = pydicom.dcmread(paths[0])
+    ds.SOPInstanceUID = long_uid
+    assoc = _associate(node)
+    try:
+        assert _crafted_store(assoc, _body(ds), long_uid, msg_id=1) == StoreStatus.CANNOT_UNDERSTAND
+        assert assoc.is_established
+        good = pydicom.dcmread(paths[1])
+        assert _crafted_store(assoc, dataset_bytes(paths[1]), str(good.SOPInstanceUID), 2) == StoreStatus.SUCCESS
+    finally:
+        assoc.release()
+
+
+def _hostile_connections(port: int) -> list[socket.socket]:
+    """Connections that never complete an A-ASSOCIATE: idle, partial PDU, garbage, 4 GB PDU length."""
+    payloads = [
+        b"",  # connect and say nothing
+        b"",
+        b"\x01\x00\x00\x00\x01\x00" + b"\x00" * 20,  # an A-ASSOCIATE-RQ cut short
+        b"\x01\x00\x00\x00\x01\x00" + b"\x00" * 20,
+        b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 100,  # a PDU announcing 0xFFFFFFFF bytes
+        b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 100,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # garbage
+        b"\x01",
+    ]
+    held = []
+    for payload in payloads:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if payload:
+            sock.sendall(payload)
+        held.append(sock)
+    # Connect and close at once, too.
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    return held
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(0.2)
+    try:
+        return sock.recv(4096) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_connections_without_association_take_no_slot_and_are_dropped(node: NodeProcess, tmp_path: Path) -> None:
+    held = _hostile_connections(node.port)
+    try:
+        # More half-open connections than slots, and an allowed caller still gets through at once.
+        assert len(held) > MAX_ASSOCIATIONS
+        done = echoscu(node.port, called=node.ae_title, calling="STORESCU", timeout_s=20)
+        assert done.returncode == 0, done.stderr
+        series = make_ct_series(tmp_path / "s", slices=3)
+        assert storescu(node.port, series, called=node.ae_title).returncode == 0
+        # And the node drops them after its handshake timeout (5 s), not after minutes.
+        started = time.monotonic()
+        wait_until(lambda: all(_closed_by_peer(s) for s in held), 15, "the node to drop half-open connections")
+        assert time.monotonic() - started < 15
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_allowed_callers_beyond_max_associations_are_refused_transiently(node: NodeProcess) -> None:
+    held = [_associate(node) for _ in range(MAX_ASSOCIATIONS)]
+    try:
+        done = echoscu(node.port, called=node.ae_title, calling="STORESCU", timeout_s=20)
+        assert done.returncode != 0
+    finally:
+        for assoc in held:
+            assoc.release()
+    assert echoscu(node.port, called=node.ae_title, calling="STORESCU", timeout_s=20).returncode == 0
+
+
+def _body(ds: pydicom.Dataset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buf = DicomBytesIO()  # no preamble, no File Meta: a C-STORE body, Explicit VR Little Endian
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def _store_one(node: NodeProcess, body: bytes, sop_uid: str, syntax: str = ExplicitVRLittleEndian) -> int | None:
+    assoc = _associate(node, syntax)
+    try:
+        return _crafted_store(assoc, body, sop_uid, msg_id=1)
+    finally:
+        assoc.release()
+
+
+def _indexed(node: NodeProcess, sop_uid: str) -> bool:
+    node.db()  # the node commits index rows at release; see InstanceStore.flush
+    return bool(node.db().query("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_uid,)))
+
+
+@pytest.mark.parametrize(
+    ("element", "vr", "bad_vr"),
+    [(b"\x20\x00\x13\x00", b"IS", b"ZZ"), (b"\x08\x00\x50\x00", b"SH", b"SX"), (b"\x08\x00\x16\x00", b"UI", b"ZZ")],
+    ids=["InstanceNumber", "AccessionNumber", "SOPClassUID"],
+)
+def test_unknown_vr_is_refused_before_success_never_acknowledged_unindexed(
+    node: NodeProcess, tmp_path: Path, element: bytes, vr: bytes, bad_vr: bytes
+) -> None:
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    ds = pydicom.dcmread(path)
+    ds.AccessionNumber = "ACC1"
+    body = _body(ds)
+    assert body.count(element + vr) == 1
+    status = _store_one(node, body.replace(element + vr, element + bad_vr), str(ds.SOPInstanceUID))
+    assert status == StoreStatus.CANNOT_UNDERSTAND  # not Success, not 0x0110 with a traceback
+    assert not _indexed(node, str(ds.SOPInstanceUID))
+    assert "unknown VR" in node.log_text()
+
+
+def _jpeg_ls_rows(ds: pydicom.Dataset) -> pydicom.Dataset:
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([bytes(range(256)) * 8])  # fragments that are no JPEG-LS codestream
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def _image_cases(path: Path) -> dict[str, tuple[bytes, str, int]]:
+    from pydicom.uid import JPEGLSLossless, RLELossless
+
+    cases: dict[str, tuple[bytes, str, int]] = {}
+    refused, no_image = int(StoreStatus.CANNOT_UNDERSTAND), int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    ds = pydicom.dcmread(path)
+    body = _body(ds)
+    cases["cut_before_pixel_data"] = (body[: body.index(b"\xe0\x7f\x10\x00")], ExplicitVRLittleEndian, no_image)
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    cases["no_pixel_data"] = (_body(ds), ExplicitVRLittleEndian, no_image)
+    ds = pydicom.dcmread(path)
+    ds.Rows = 0
+    cases["rows_0"] = (_body(ds), ExplicitVRLittleEndian, no_image)
+    cases["native_pixels_under_rle"] = (_body(pydicom.dcmread(path)), RLELossless, refused)
+    cases["garbage_fragments"] = (_body(_jpeg_ls_rows(pydicom.dcmread(path))), JPEGLSLossless, refused)
+    return cases
+
+
+def test_image_storage_without_a_decodable_image_is_refused(node: NodeProcess, tmp_path: Path) -> None:
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    sop_uid = str(pydicom.dcmread(path).SOPInstanceUID)
+    statuses = {
+        name: (_store_one(node, body, sop_uid, syntax), expected)
+        for name, (body, syntax, expected) in _image_cases(path).items()
+    }
+    assert all(got == expected for got, expected in statuses.values()), statuses
+    assert not _indexed(node, sop_uid)
+    # The intact instance is stored.
+    assert _store_one(node, _body(pydicom.dcmread(path)), sop_uid) == StoreStatus.SUCCESS
+
+
+def test_deflate_bomb_is_refused_quickly(node: NodeProcess, tmp_path: Path) -> None:
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    body = _body(ds) + b"\x00" * (32 * 1024 * 1024)  # 32 MB of zeros after the image
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = deflater.compress(body) + deflater.flush()
+    assert len(bomb) < 64 * 1024
+    started = time.monotonic()
+    status = _store_one(node, bomb, str(ds.SOPInstanceUID), DeflatedExplicitVRLittleEndian)
+    assert status == StoreStatus.CANNOT_UNDERSTAND
+    assert time.monotonic() - started < 5
+    assert "inflates past" in node.log_text()
+    # A genuinely deflated instance is still accepted.
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    good = deflater.compress(_body(ds)) + deflater.flush()
+    assert _store_one(node, good, str(ds.SOPInstanceUID), DeflatedExplicitVRLittleEndian) == StoreStatus.SUCCESS
+
+
+def test_no_patient_data_in_the_log_when_a_uid_swallows_the_patient_module(node: NodeProcess, tmp_path: Path) -> None:
+    import json
+    import struct
+
+    from tests.dicom_factory import CANARIES, CANARY_ACCESSION
+
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    ds = pydicom.dcmread(path)
+    ds.AccessionNumber = CANARY_ACCESSION
+    body = bytearray(_body(ds))
+    uid_at = body.index(b"\x08\x00\x18\x00UI")
+    pid_at = body.index(b"\x10\x00\x20\x00LO")
+    (pid_length,) = struct.unpack_from("<H", body, pid_at + 6)
+    struct.pack_into("<H", body, uid_at + 6, pid_at + 8 + pid_length - (uid_at + 8))
+    status = _store_one(node, bytes(body), str(ds.SOPInstanceUID))
+    assert status is not None and status != StoreStatus.SUCCESS
+    # A "UID" that is patient data, announced and in the dataset: refused without echoing it.
+    from tests.dicom_factory import CANARY_PATIENT_ID
+
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = CANARY_PATIENT_ID
+    assert _store_one(node, _body(ds), CANARY_PATIENT_ID) == StoreStatus.CANNOT_UNDERSTAND
+    log_text = node.log_text()
+    for canary in CANARIES:
+        assert canary not in log_text
+    # Every line is one JSON event: no raw UserWarning lines from pydicom on stderr.
+    lines = [line for line in log_text.splitlines() if line.strip()]
+    not_json = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            not_json.append(line)
+    assert not not_json, not_json[:5]
