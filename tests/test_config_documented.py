@@ -11,9 +11,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from demo.node_process import REPO_ROOT
 from node.config import NodeConfig, configuration_warnings, load_config
 from node.export.destinations import DimseDestinationConfig, OrthancRestDestinationConfig, StowRsDestinationConfig
-from tests.node_process import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "conf" / "node.yaml"
 

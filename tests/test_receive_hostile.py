@@ -21,11 +21,14 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
+from demo.ct_factory import make_ct_series
+from demo.node_process import NodeProcess
 from node.dimse_status import StoreStatus
-from tests.dicom_factory import dataset_bytes, make_ct_series
-from tests.node_process import NodeProcess
+from tests.dicom_files import dataset_bytes
 from tests.peers.dcmtk import echoscu, storescu
 from tests.peers.net import wait_until
+
+pytestmark = [pytest.mark.peers, pytest.mark.needs("dcmtk")]
 
 MAX_ASSOCIATIONS = 2
 
@@ -274,7 +277,7 @@ def test_no_patient_data_in_the_log_when_a_uid_swallows_the_patient_module(node:
     import json
     import struct
 
-    from tests.dicom_factory import CANARIES, CANARY_ACCESSION
+    from demo.ct_factory import CANARIES, CANARY_ACCESSION
 
     [path] = make_ct_series(tmp_path / "s", slices=1)
     ds = pydicom.dcmread(path)

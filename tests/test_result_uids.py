@@ -14,6 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from demo.paths import PHILIPS_CT
 from node.config import parse_config
 from node.store.db import Database, now
 from node.store.ingest import InstanceStore
@@ -21,13 +22,10 @@ from node.store.spool import Spool
 from node.work.jobs import queue_job
 from node.work.worker import Worker, index_path
 from pipelines.base import CTVolume, PipelineResult
-from tests.encode_helpers import PHILIPS_CT, two_nodules
-from tests.peers.orthanc import OrthancPeer, orthanc_available
+from tests.encode_helpers import two_nodules
+from tests.peers.orthanc import OrthancPeer
 
-pytestmark = [
-    pytest.mark.skipif(not PHILIPS_CT.exists(), reason="../shared/data is not beside the repository"),
-    pytest.mark.skipif(not orthanc_available(), reason="Orthanc is not installed"),
-]
+pytestmark = [pytest.mark.peers, pytest.mark.needs("philips-ct", "orthanc")]
 
 
 class _DrawnNodules:
