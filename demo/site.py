@@ -20,11 +20,13 @@ import httpx
 
 from demo.local_pacs import LocalOrthanc, orthanc_available
 from demo.netutil import free_port
-from demo.paths import AUTOROUTE_LUA, SIEMENS_CT
+from demo.paths import AUTOROUTE_LUA, PHILIPS_CT
 from node.config import NodeConfig
 from node.service import NodeService
 
-DEFAULT_STUDY = SIEMENS_CT
+# The Philips chest: its annotated adenocarcinoma is a finding, so the demo shows a nodule outlined and measured
+# (the Siemens series has no finding with 0.3.0: the SR then says so, and there is no SEG to look at).
+DEFAULT_STUDY = PHILIPS_CT
 NODE_AET = "AINODE"
 PACS_AET = "ORTHANC"
 RESULT_MODALITIES = {"SEG", "SR", "OT"}

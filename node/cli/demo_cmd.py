@@ -28,7 +28,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run a local PACS and the node, send a CT through, show the results")
-    p.add_argument("--study", type=Path, help="folder of DICOM files (default: ../shared/data siemens-chest-99)")
+    p.add_argument("--study", type=Path, help="folder of DICOM files (default: ../shared/data philips-chest-64)")
     p.add_argument("--json", type=Path, help="also write the report as JSON")
     p.add_argument("--workdir", type=Path, help="where the node and Orthanc keep their data (default: a temp dir)")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for results (default 900)")
