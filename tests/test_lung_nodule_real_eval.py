@@ -190,6 +190,12 @@ def test_luna16_dataset_written_here_scores_as_computed_by_hand(tmp_path: Path) 
     assert held_out["cpm"] == pytest.approx(round(5.5 / 7, 4))  # A alone: 0.5 until 1 FP/scan, then 1.0
 
 
+def _shipped_training_series() -> set[str]:
+    from pipelines.lung_nodule.pipeline import LungNodulePipeline
+
+    return {str(name) for name in LungNodulePipeline().bundle.metadata.get("training_series", [])}
+
+
 @needs_lidc
 def test_evaluate_cli_real_mode_on_lidc_0002(tmp_path: Path) -> None:
     out = tmp_path / "eval"
@@ -207,7 +213,10 @@ def test_evaluate_cli_real_mode_on_lidc_0002(tmp_path: Path) -> None:
     by_name = {s["name"]: s for s in real["scans"]}
     assert by_name["not-a-scan"]["status"] == "skipped"
     scan = by_name["lidc-idri-0002"]
-    assert scan["status"] == "evaluated" and scan["source"] == "lidc-xml" and scan["used_in_training"] is False
+    # The shipped bundle lists the real series its training used (0.3.0 took LIDC-0002 as a background, its
+    # nodules masked out); the report must flag the scan exactly as the bundle says, never call it held out.
+    used = "lidc-idri-0002" in _shipped_training_series()
+    assert scan["status"] == "evaluated" and scan["source"] == "lidc-xml" and scan["used_in_training"] is used
     (nodule,) = scan["nodules"]  # with >= 2 readers the ~31 mm ground-glass nodule is the truth nodule
     assert nodule["readers"] == 2 and nodule["malignancy_median"] == 4.5
     assert 22.0 <= nodule["diameter_mm"] <= 33.0
@@ -223,9 +232,14 @@ def test_evaluate_cli_real_mode_on_lidc_0002(tmp_path: Path) -> None:
         assert f["outcome"] in {"hit", "duplicate", "fp", "irrelevant"}
         assert f["reported"] == (f["score"] >= report["detection_threshold"])
     summary = real["summary"]["all"]
-    assert summary["nodules"] == 1 and summary["cpm"] is not None and summary["series_used_in_training"] == 0
+    assert summary["nodules"] == 1 and summary["cpm"] is not None and summary["series_used_in_training"] == int(used)
     assert set(summary["froc_sensitivity"]) == {"0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
-    assert summary["data"] == ["lidc-idri-0002 (lidc-xml, not used in training)"]
+    flag = "USED IN TRAINING" if used else "not used in training"
+    assert summary["data"] == [f"lidc-idri-0002 (lidc-xml, {flag})"]
+    if used:  # the held-out view then has no scan at all, and says so rather than reusing the trained one
+        assert real["summary"]["held_out"]["scans"] == 0 and real["summary"]["held_out"]["data"] == []
+    else:
+        assert "held_out" not in real["summary"]
     reported_fp = sum(f["reported"] and f["outcome"] == "fp" for f in scan["findings"])
     assert summary["operating_point"]["false_positives"] == reported_fp
     assert (out / "froc_real_all.png").stat().st_size > 1000

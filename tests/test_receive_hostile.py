@@ -277,7 +277,7 @@ def test_no_patient_data_in_the_log_when_a_uid_swallows_the_patient_module(node:
     import json
     import struct
 
-    from demo.ct_factory import CANARIES, CANARY_ACCESSION
+    from demo.ct_factory import CANARIES, CANARY_ACCESSION, CANARY_PATIENT_ID
 
     [path] = make_ct_series(tmp_path / "s", slices=1)
     ds = pydicom.dcmread(path)
@@ -290,7 +290,6 @@ def test_no_patient_data_in_the_log_when_a_uid_swallows_the_patient_module(node:
     status = _store_one(node, bytes(body), str(ds.SOPInstanceUID))
     assert status is not None and status != StoreStatus.SUCCESS
     # A "UID" that is patient data, announced and in the dataset: refused without echoing it.
-    from tests.dicom_factory import CANARY_PATIENT_ID
 
     ds = pydicom.dcmread(path)
     ds.SOPInstanceUID = CANARY_PATIENT_ID
