@@ -16,8 +16,8 @@ import structlog
 
 from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
-from node.export.destinations import build_destinations
 from node.export.outbox import Outbox
+from node.export.transports import build_destinations
 from node.index import jobs, series
 from node.index.db import Database, now
 from node.receive.completeness import CompletenessMonitor

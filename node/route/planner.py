@@ -7,9 +7,11 @@ from collections.abc import Sequence
 
 import structlog
 
+from node.config.routes import Route
 from node.index.db import Connection, Row
 from node.index.jobs import queue_job
-from node.route.rules import Route, RoutingDecision, evaluate_routes
+from node.route.evaluation import RoutingDecision, evaluate_routes
+from node.route.explanation import explain_decision
 
 log = structlog.get_logger(__name__)
 
@@ -46,5 +48,5 @@ class JobPlanner:
         ]
         if not job_ids:
             # The explanation names tags and values only (routing attributes hold no patient identity).
-            log.info("series_not_routed", series_uid=series["series_uid"], explanation=decision.explanation())
+            log.info("series_not_routed", series_uid=series["series_uid"], explanation=explain_decision(decision))
         return job_ids

@@ -13,9 +13,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import pydicom
 import structlog
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -29,6 +28,7 @@ from pydicom.filereader import (
 from pydicom.uid import UID
 
 from node import __version__, metrics
+from node.dicom_attributes import routing_attributes
 from node.errors import InvalidDatasetError, OutOfResourcesError
 from node.index.db import Connection, Database, TransientIndexError, now
 from node.index.series import InstanceRecord, SeriesRecord, StudyRecord, index_instance
@@ -42,31 +42,6 @@ log = structlog.get_logger(__name__)
 IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1234.1")  # node's implementation UID
 IMPLEMENTATION_VERSION_NAME = f"AINODE_{__version__}"[:16]
 
-# Series/study tags kept for routing rules (see node/route). No patient identity here.
-ROUTING_KEYWORDS = (
-    "Modality",
-    "BodyPartExamined",
-    "SeriesDescription",
-    "StudyDescription",
-    "ProtocolName",
-    "ImageType",
-    "SliceThickness",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "ConvolutionKernel",
-    "ContrastBolusAgent",
-    "SOPClassUID",
-    "SeriesNumber",
-    "KVP",
-    "PatientPosition",
-    "StationName",
-    "InstitutionName",
-    "InstitutionalDepartmentName",
-    "ScanOptions",
-    "ReconstructionDiameter",
-    "NumberOfFrames",
-)
-
 StoreResult = Literal["new", "identical", "replaced"]
 
 
@@ -79,19 +54,6 @@ class StoredInstance:
     path: Path
     size_bytes: int
     result: StoreResult
-
-
-def _json_value(value: Any) -> Any:
-    """Plain JSON for a DICOM value (multi-valued → list, numbers as float, rest as text)."""
-    if value is None:
-        return None
-    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, int | float):
-        return value
-    if isinstance(value, pydicom.valuerep.DSfloat | pydicom.valuerep.IS):
-        return float(value)
-    return str(value)
 
 
 def _float_list(ds: Dataset, keyword: str, length: int) -> list[float] | None:
@@ -374,7 +336,7 @@ def _index_row(conn: Connection, row: _PendingRow) -> None:
         body_part_examined=str(ds.get("BodyPartExamined", "")),
         series_description=str(ds.get("SeriesDescription", "")),
         series_number=_optional_int(ds, "SeriesNumber"),
-        attributes={kw: _json_value(ds.get(kw)) for kw in ROUTING_KEYWORDS if kw in ds},
+        attributes=routing_attributes(ds),
         calling_ae=row.calling_ae,
         called_ae=row.called_ae,
     )
