@@ -1,12 +1,16 @@
 """The index owns its tables: no SQL, no sqlite3 outside node/index/, and the schema's states are the Enums.
 
-Static checks of the source tree (the import layering itself is import-linter's, run by scripts/test.sh
-from the contracts in pyproject.toml).
+Static checks of the source tree, and the import layering of ARCHITECTURE.md (import-linter's contracts in
+pyproject.toml, also run by scripts/test.sh).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +68,11 @@ def test_the_schema_accepts_exactly_the_enum_states(
     allowed = re.search(r"state TEXT NOT NULL CHECK \(state IN \(([^)]*)\)\)", columns)
     assert allowed is not None
     assert [v.strip().strip("'") for v in allowed.group(1).split(",")] == [s.value for s in states]
+
+
+def test_the_import_layering_contracts_hold() -> None:
+    lint_imports = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    assert lint_imports is not None, "import-linter is missing: it is in the test extra (pip install -e '.[test]')"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's modules, not an installed copy's
+    done = subprocess.run([lint_imports, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
