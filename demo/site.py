@@ -23,6 +23,7 @@ from demo.netutil import free_port
 from demo.paths import AUTOROUTE_LUA, PHILIPS_CT
 from node.config import NodeConfig
 from node.index import queries
+from node.index.states import DeliveryState, JobState
 from node.service import NodeService
 
 # The Philips chest: its annotated adenocarcinoma is a finding, so the demo shows a nodule outlined and measured
@@ -182,20 +183,20 @@ def judge_progress(jobs: list[dict[str, Any]], deliveries: list[dict[str, Any]])
     "complete", e.g. the PACS paused mid-send on a busy machine) supersedes its earlier job; that
     job's state stays 'superseded' for good and must not keep the demo waiting.
     """
-    current = [j for j in jobs if j["state"] != "superseded"]
+    current = [j for j in jobs if j["state"] != JobState.SUPERSEDED]
     current_ids = {j["id"] for j in current}
     current_deliveries = [d for d in deliveries if d["job_id"] in current_ids]
-    failed = [j for j in current if j["state"] == "failed"]
+    failed = [j for j in current if j["state"] == JobState.FAILED]
     if failed:
         return "failed", str(failed[0]["reason"])
-    dead = [d for d in current_deliveries if d["state"] == "dead"]
+    dead = [d for d in current_deliveries if d["state"] == DeliveryState.DEAD]
     if dead:
         return "failed", str(dead[0]["last_error"])
-    if not current or any(j["state"] != "done" for j in current):
+    if not current or any(j["state"] != JobState.DONE for j in current):
         return None
     if not current_deliveries:
         return "no results to send", str(current[0]["reason"] or "the pipeline produced no DICOM objects")
-    if all(d["state"] == "sent" for d in current_deliveries):
+    if all(d["state"] == DeliveryState.SENT for d in current_deliveries):
         return "sent", ""
     return None
 
