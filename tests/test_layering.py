@@ -59,10 +59,10 @@ def test_the_check_sees_sql_where_it_is() -> None:
 @pytest.mark.parametrize(
     ("table", "states"), [("series", SeriesState), ("jobs", JobState), ("deliveries", DeliveryState)]
 )
-def test_the_schema_accepts_exactly_the_enum_states(
+def test_each_state_column_checks_exactly_its_enum_values(
     tmp_path: Path, table: str, states: type[SeriesState | JobState | DeliveryState]
 ) -> None:
-    """The CHECK constraint of each state column is built from its Enum: every member fits, nothing else."""
+    """The CHECK constraint of each state column in a new index lists exactly its Enum's values, in order."""
     db = Database(tmp_path / "index.sqlite")
     columns = db.query(f"SELECT sql FROM sqlite_master WHERE name = '{table}'")[0]["sql"]
     allowed = re.search(r"state TEXT NOT NULL CHECK \(state IN \(([^)]*)\)\)", columns)
