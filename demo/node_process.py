@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from demo.netutil import free_port, port_open, wait_until
-from node.store.db import Database
+from node.index import queries
+from node.index.db import Database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,8 +139,7 @@ class NodeProcess:
         return Database(self.data_dir / "index.sqlite")
 
     def series_row(self, series_uid: str) -> dict[str, Any] | None:
-        rows = self.db().query("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
-        return dict(rows[0]) if rows else None
+        return queries.series_row(self.db(), series_uid)
 
     def wait_series_state(self, series_uid: str, state: str, timeout_s: float) -> dict[str, Any]:
         def reached() -> bool:
@@ -152,4 +152,4 @@ class NodeProcess:
         return row
 
     def jobs(self, series_uid: str) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.db().query("SELECT * FROM jobs WHERE series_uid = ? ORDER BY id", (series_uid,))]
+        return queries.jobs_of_series(self.db(), series_uid)

@@ -22,6 +22,8 @@ from demo.local_pacs import LocalOrthanc, orthanc_available
 from demo.netutil import free_port
 from demo.paths import AUTOROUTE_LUA, PHILIPS_CT
 from node.config import NodeConfig
+from node.index import queries
+from node.index.states import DeliveryState, JobState
 from node.service import NodeService
 
 # The Philips chest: its annotated adenocarcinoma is a finding, so the demo shows a nodule outlined and measured
@@ -181,20 +183,20 @@ def judge_progress(jobs: list[dict[str, Any]], deliveries: list[dict[str, Any]])
     "complete", e.g. the PACS paused mid-send on a busy machine) supersedes its earlier job; that
     job's state stays 'superseded' for good and must not keep the demo waiting.
     """
-    current = [j for j in jobs if j["state"] != "superseded"]
+    current = [j for j in jobs if j["state"] != JobState.SUPERSEDED]
     current_ids = {j["id"] for j in current}
     current_deliveries = [d for d in deliveries if d["job_id"] in current_ids]
-    failed = [j for j in current if j["state"] == "failed"]
+    failed = [j for j in current if j["state"] == JobState.FAILED]
     if failed:
         return "failed", str(failed[0]["reason"])
-    dead = [d for d in current_deliveries if d["state"] == "dead"]
+    dead = [d for d in current_deliveries if d["state"] == DeliveryState.DEAD]
     if dead:
         return "failed", str(dead[0]["last_error"])
-    if not current or any(j["state"] != "done" for j in current):
+    if not current or any(j["state"] != JobState.DONE for j in current):
         return None
     if not current_deliveries:
         return "no results to send", str(current[0]["reason"] or "the pipeline produced no DICOM objects")
-    if all(d["state"] == "sent" for d in current_deliveries):
+    if all(d["state"] == DeliveryState.SENT for d in current_deliveries):
         return "sent", ""
     return None
 
@@ -205,12 +207,8 @@ def _wait_for_results(
     deadline = t0 + timeout_s
     last_line = ""
     while time.monotonic() < deadline:
-        jobs = service.db.query("SELECT id, state, reason FROM jobs WHERE study_uid = ?", (study_uid,))
-        deliveries = service.db.query(
-            """SELECT d.job_id, d.state, d.last_error FROM deliveries d JOIN jobs j ON j.id = d.job_id
-               WHERE j.study_uid = ?""",
-            (study_uid,),
-        )
+        jobs = queries.jobs_of_study(service.db, study_uid)
+        deliveries = queries.deliveries_of_study(service.db, study_uid)
         line = f"  jobs: {_count_states(jobs) or 'none yet'}; deliveries: {_count_states(deliveries) or 'none yet'}"
         if line != last_line:
             _say(f"[{time.monotonic() - t0:6.1f} s]{line}")
@@ -238,20 +236,10 @@ def _count_states(rows: list[Any]) -> str:
 
 
 def _fill_from_index(service: NodeService, report: DemoReport) -> None:
-    report.superseded_runs = service.db.query(
-        "SELECT COUNT(*) AS n FROM jobs WHERE study_uid = ? AND state = 'superseded'", (report.study_instance_uid,)
-    )[0]["n"]
-    rows = service.db.query(
-        """SELECT s.first_received_at, s.last_received_at, s.completed_at, s.completion_reason,
-                  j.started_at, j.finished_at, j.result_summary,
-                  (SELECT MAX(sent_at) FROM deliveries d WHERE d.job_id = j.id) AS sent_at
-           FROM jobs j JOIN series s ON s.series_uid = j.series_uid
-           WHERE j.study_uid = ? AND j.state = 'done' ORDER BY j.id DESC LIMIT 1""",
-        (report.study_instance_uid,),
-    )
-    if not rows:
+    report.superseded_runs = queries.superseded_job_count(service.db, report.study_instance_uid)
+    r = queries.latest_done_job_timeline(service.db, report.study_instance_uid)
+    if r is None:
         return
-    r = rows[0]
     summary = json.loads(r["result_summary"] or "{}")
     report.findings = summary.get("findings", [])
     node_timings = summary.get("node_timings_s", {})

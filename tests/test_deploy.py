@@ -13,8 +13,7 @@ import pytest
 
 from demo.paths import SIEMENS_CT
 from node.config import load_config
-from node.export.destinations import parse_destinations
-from node.route.rules import evaluate_routes, load_routes_from_yaml
+from node.route.evaluation import evaluate_routes
 from tests.peers.dcmtk import STORESCP
 from tests.peers.net import dcmtk_env, free_port, port_open, wait_until
 from tests.peers.orthanc import OrthancPeer
@@ -29,11 +28,8 @@ def test_example_node_yaml_validates_and_routes_real_ct() -> None:
     config = load_config(DEPLOY / "node.yaml")  # the node's own loader: every section, cross-checks
     assert {c.ae_title for c in config.dicom.allowed_callers} == {"ORTHANC", "HEALTHCHECK"}
     assert set(config.destinations) == {"pacs", "pacs-web"}
-    section = load_routes_from_yaml(DEPLOY / "node.yaml")
-    assert section.destinations is not None
-    assert set(parse_destinations(section.destinations)) == {"pacs", "pacs-web"}
     ds = pydicom.dcmread(ct_files(SIEMENS_CT)[0], stop_before_pixels=True)  # 3 mm chest CT
-    decision = evaluate_routes(section.routes, ds, "ORTHANC", "AINODE")
+    decision = evaluate_routes(config.routes, ds, "ORTHANC", "AINODE")
     assert decision.jobs() == {"lung-nodule": ("pacs",), "series-summary": ("pacs",)}
 
 

@@ -19,19 +19,15 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from demo.paths import PHILIPS_CT
+from node.config.destinations import DimseDestinationConfig, parse_destinations
 from node.dimse_status import StoreStatus
 from node.errors import DeliveryError
 from node.export import dimse as dimse_module
 from node.export.backoff import RetryPolicy, backoff_ceiling, next_retry_delay
-from node.export.destinations import (
-    DeliveryReport,
-    DimseDestinationConfig,
-    FileOutcome,
-    build_destination,
-    parse_destinations,
-)
+from node.export.destinations import DeliveryReport, FileOutcome
 from node.export.failures import Outcome, classify_store_status, describe_http_status, http_status_is_transient
 from node.export.stowrs import outcomes_from_stow_response as stow_outcomes
+from node.export.transports import build_destination
 from tests.peers.net import free_port
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.tls_proxy import TlsProxy

@@ -12,9 +12,9 @@ import pytest
 
 from demo.node_process import NodeProcess
 from demo.paths import SIEMENS_CT as SIEMENS
+from node.index.db import Database
+from node.index.jobs import claim_next_job, finish_job_failed, queue_job, renew_lease
 from node.receive.completeness import judge_geometry
-from node.store.db import Database
-from node.work.jobs import claim_next_job, finish_job_failed, queue_job, renew_lease
 from tests.peers.dcmtk import echoscu, storescu
 from tests.peers.net import wait_until
 

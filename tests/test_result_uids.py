@@ -16,10 +16,10 @@ import pytest
 
 from demo.paths import PHILIPS_CT
 from node.config import parse_config
-from node.store.db import Database, now
+from node.index.db import Database, now
+from node.index.jobs import queue_job
 from node.store.ingest import InstanceStore
 from node.store.spool import Spool
-from node.work.jobs import queue_job
 from node.work.worker import Worker, index_path
 from pipelines.base import CTVolume, PipelineResult
 from tests.encode_helpers import two_nodules

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.unit, pytest.mark.needs("siemens-ct", "philips-ct")]
 REPO = Path(__file__).resolve().parents[1]
 
 CONFIG = """
-node: {ae_title: AINODE}
+dicom: {ae_title: AINODE}
 destinations:
   pacs: {type: dimse, ae_title: PACS, host: 127.0.0.1, port: 104}
 routes:
@@ -107,10 +107,9 @@ def test_route_test_reports_a_bad_config(tmp_path: Path) -> None:
     unindexed.write_text(
         CONFIG.replace("tag: SliceThickness, range: {max: 3.0}", "tag: AcquisitionNumber, range: {max: 120}")
     )
-    warned = route_test(str(folder), "--config", str(unindexed))
-    assert warned.returncode == 0
-    assert "route 'thin-chest-ct' tests ['AcquisitionNumber'], which the node's index does not keep" in warned.stderr
-    assert "AcquisitionNumber absent is not within" in warned.stdout  # evaluated as the running node would
+    refused = route_test(str(folder), "--config", str(unindexed))
+    assert refused.returncode == 2  # the node would not start with it either (same loader)
+    assert "route 'thin-chest-ct' tests AcquisitionNumber, which the node does not index" in refused.stderr
 
     missing = route_test(str(folder), "--config", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "not found" in missing.stderr
@@ -118,3 +117,33 @@ def test_route_test_reports_a_bad_config(tmp_path: Path) -> None:
 
 def test_route_test_is_registered_with_ainode() -> None:
     assert "node.cli.route_cmd" in _COMMAND_MODULES
+
+
+def test_route_test_sees_the_attributes_the_store_indexes(tmp_path: Path) -> None:
+    """One normaliser: a series' routing attributes from route-test equal, value for value and type for type
+    (SeriesNumber 2 is not 2.0), those the store writes to the index, which the running node routes on."""
+    from node.index import queries
+    from node.index.db import Database
+    from node.store.ingest import InstanceStore
+    from node.store.spool import Spool
+
+    folder = make_folder(tmp_path)
+    config = tmp_path / "node.yaml"
+    config.write_text(CONFIG)
+    result = route_test(str(folder), "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    seen_by_route_test = {r["series_instance_uid"]: r["attributes"] for r in json.loads(result.stdout)}
+
+    db = Database(tmp_path / "data" / "index.sqlite")
+    store = InstanceStore(db, Spool(tmp_path / "data"), min_free_bytes=0)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".txt"):
+        store.store_part10(path.read_bytes(), calling_ae="ORTHANC", called_ae="AINODE")
+    assert store.flush(timeout_s=30)
+    store.close()
+    assert len(seen_by_route_test) == 3  # Siemens, Philips, the secondary capture
+    for series_uid, attributes in seen_by_route_test.items():
+        row = queries.series_row(db, series_uid)
+        assert row is not None
+        if attributes["Modality"] == "CT":  # the IS, DS and multi-valued attributes are compared too
+            assert {"SeriesNumber", "SliceThickness", "ImageType"} <= attributes.keys()
+        assert json.dumps(attributes, sort_keys=True) == json.dumps(json.loads(row["attributes"]), sort_keys=True)

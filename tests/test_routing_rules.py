@@ -11,14 +11,12 @@ import yaml
 from pydantic import ValidationError
 
 from demo.paths import PHILIPS_CT, SIEMENS_CT
-from node.route.rules import (
-    Route,
-    attributes_from_dataset,
-    evaluate_routes,
-    load_routes_from_yaml,
-    parse_routes,
-    unindexed_keywords,
-)
+from node.config import load_config
+from node.config.routes import Route, parse_routes, unindexed_keywords
+from node.dicom_attributes import routing_attributes
+from node.errors import ConfigError
+from node.route.evaluation import evaluate_routes
+from node.route.explanation import explain_decision, explain_route
 from tests.result_objects import ct_files
 
 pytestmark = pytest.mark.unit
@@ -146,7 +144,7 @@ def test_order_continue_first_match_and_fallback() -> None:
     assert not thin.used_fallback
     never = next(e for e in thin.evaluations if e.route.name == "never-reached")
     assert never.considered is False and never.result.matched is True
-    assert "not considered" in never.explanation()
+    assert "not considered" in explain_route(never)
 
     thick = evaluate_routes(routes, {**CHEST_CT, "SliceThickness": 5.0}, "ORTHANC", "AINODE")
     assert [r.name for r in thick.matched] == ["any-ct"]
@@ -160,7 +158,7 @@ def test_no_route_no_fallback_means_no_job() -> None:
     routes = one_route({"tag": "Modality", "equals": "CT"})
     decision = evaluate_routes(routes, {"Modality": "MR"}, "X", "Y")
     assert decision.matched == () and decision.jobs() == {}
-    assert "no route matched and there is no fallback: no job" in decision.explanation()
+    assert "no route matched and there is no fallback: no job" in explain_decision(decision)
 
 
 def test_explanation_shows_every_condition_outcome() -> None:
@@ -173,7 +171,7 @@ def test_explanation_shows_every_condition_outcome() -> None:
             ]
         }
     )
-    text = evaluate_routes(routes, CHEST_CT, "ORTHANC", "AINODE").explanation()
+    text = explain_decision(evaluate_routes(routes, CHEST_CT, "ORTHANC", "AINODE"))
     assert "route 'r': does not match" in text
     assert "✗ all of (1/3 hold):" in text
     assert "✓ Modality 'CT' equals 'CT'" in text
@@ -278,7 +276,7 @@ def test_regex_compiled_once_at_load() -> None:
 def test_dataset_adapter_and_real_headers() -> None:
     siemens = pydicom.dcmread(ct_files(SIEMENS_CT)[0], stop_before_pixels=True)
     philips = pydicom.dcmread(ct_files(PHILIPS_CT)[0], stop_before_pixels=True)
-    attrs = attributes_from_dataset(siemens)
+    attrs = routing_attributes(siemens)
     assert attrs["Modality"] == "CT" and attrs["ImageType"] == ["ORIGINAL", "PRIMARY", "AXIAL", "CT_SOM5 SPI"]
     assert isinstance(attrs["SliceThickness"], float)
     assert "PatientName" not in attrs and "PatientID" not in attrs
@@ -287,19 +285,19 @@ def test_dataset_adapter_and_real_headers() -> None:
     assert [r.name for r in evaluate_routes(routes, philips, "ORTHANC", "AINODE").matched] == ["any-ct"]
 
 
-def test_load_routes_from_yaml(tmp_path: Path) -> None:
+def test_routes_load_with_the_node_config(tmp_path: Path) -> None:
+    """One loader for routes: the node's (`ainode serve` and `ainode route-test` both call it)."""
     config = tmp_path / "node.yaml"
     config.write_text(
-        "node: {ae_title: AINODE}\n"  # other keys of the node config are ignored here
+        "dicom: {ae_title: AINODE}\n"
         "destinations:\n  pacs: {type: dimse, ae_title: PACS, host: 127.0.0.1, port: 104}\n"
         "routes:\n  - {name: all-ct, when: {tag: Modality, equals: CT}, pipelines: [lung-nodule],"
         " destinations: [pacs]}\n"
     )
-    section = load_routes_from_yaml(config)
-    assert [r.name for r in section.routes] == ["all-ct"]
+    assert [r.name for r in load_config(config).routes] == ["all-ct"]
     config.write_text(config.read_text().replace("port: 104", "port: 0"))
-    with pytest.raises(ValidationError, match=r"pacs\.dimse\.port"):
-        load_routes_from_yaml(config)
+    with pytest.raises(ConfigError, match=r"destinations\.pacs\.dimse\.port"):
+        load_config(config)
 
 
 def test_route_decision_log_names_the_series() -> None:

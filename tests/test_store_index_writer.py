@@ -16,8 +16,8 @@ import pytest
 
 from demo.ct_factory import make_ct_series
 from node import metrics
+from node.index.db import Database
 from node.store import ingest
-from node.store.db import Database
 from node.store.ingest import InstanceStore
 from node.store.spool import Spool
 

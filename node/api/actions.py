@@ -4,9 +4,12 @@ worker processes and the outbox pick the work up from there (stages talk through
 from __future__ import annotations
 
 from node.export.outbox import retry_delivery
+from node.index.db import Database
+from node.index.deliveries import delivery_state
+from node.index.jobs import open_job_count_of_study, record_transition
+from node.index.series import series_of_study
+from node.index.states import DeliveryState, JobState, SeriesState
 from node.route.planner import JobPlanner
-from node.store.db import Database
-from node.work.jobs import JobState, record_transition
 
 
 class ActionRefused(Exception):
@@ -24,15 +27,13 @@ def rerun_study(db: Database, planner: JobPlanner, study_uid: str, operator: str
     Refused while the study still has queued or running work (a second copy would only compete
     with it) or when no series is complete yet (it is routed when it completes)."""
     with db.transaction() as conn:
-        series = conn.execute("SELECT * FROM series WHERE study_uid = ? ORDER BY series_uid", (study_uid,)).fetchall()
+        series = series_of_study(conn, study_uid)
         if not series:
             raise ActionRefused(404, "no such study")
-        busy = conn.execute(
-            "SELECT COUNT(*) FROM jobs WHERE study_uid = ? AND state IN ('queued', 'running')", (study_uid,)
-        ).fetchone()[0]
+        busy = open_job_count_of_study(conn, study_uid)
         if busy:
             raise ActionRefused(409, f"the study has {busy} queued or running job(s); wait for them to finish")
-        complete = [s for s in series if s["state"] == "complete"]
+        complete = [s for s in series if s["state"] == SeriesState.COMPLETE]
         if not complete:
             raise ActionRefused(409, "no series of the study is complete yet")
         job_ids: list[int] = []
@@ -49,8 +50,9 @@ def rerun_study(db: Database, planner: JobPlanner, study_uid: str, operator: str
 
 
 def retry(db: Database, delivery_id: int) -> None:
-    rows = db.query("SELECT state FROM deliveries WHERE id = ?", (delivery_id,))
-    if not rows:
+    state = delivery_state(db.connection(), delivery_id)
+    if state is None:
         raise ActionRefused(404, "no such delivery")
     if not retry_delivery(db, delivery_id):
-        raise ActionRefused(409, f"delivery is {rows[0]['state']}; only dead or retry deliveries can be retried")
+        retryable = " or ".join((DeliveryState.DEAD, DeliveryState.RETRY))
+        raise ActionRefused(409, f"delivery is {state}; only {retryable} deliveries can be retried")

@@ -7,8 +7,7 @@ gets its own SQLite connection from :class:`Database`).
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,30 +19,31 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node import __version__, metrics
-from node.api import actions, queries
+from node.api import actions
 from node.api.auth import SESSION_COOKIE, SESSION_LIFETIME_S, Authenticator, Permission, Principal
 from node.api.metrics import register_index_collector, stow_requests
 from node.api.stow import DICOM_JSON, StowError, split_multipart, store_parts, warning_header
 from node.api.worklist import STATUSES, WorklistFilter, build_worklist
 from node.config import NodeConfig
+from node.index import queries
+from node.index.db import Database, index_writable
+from node.index.states import DeliveryState, JobState, SeriesState
 from node.route.planner import JobPlanner
-from node.store.db import Database
 from node.store.ingest import InstanceStore
 from node.uids import validate_uid
 
 log = structlog.get_logger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-JOB_STATES = ("queued", "running", "done", "failed", "superseded")
-DELIVERY_STATES = ("pending", "sending", "sent", "retry", "dead")
 
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)]
 Offset = Annotated[int, Query(ge=0)]
 
 
-def _check_choice(name: str, value: str | None, allowed: tuple[str, ...]) -> None:
-    if value is not None and value not in allowed:
-        raise HTTPException(422, f"{name} must be one of {', '.join(allowed)}")
+def _check_choice(name: str, value: str | None, allowed: Iterable[str]) -> None:
+    choices = [str(a) for a in allowed]
+    if value is not None and value not in choices:
+        raise HTTPException(422, f"{name} must be one of {', '.join(choices)}")
 
 
 def _uid(value: str, what: str) -> str:
@@ -164,7 +164,7 @@ def create_app(
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> dict[str, Any]:
-        _check_choice("state", state, ("receiving", "complete"))
+        _check_choice("state", state, SeriesState)
         return queries.list_series(db, state=state, study_uid=study_uid, limit=limit, offset=offset)
 
     @app.get("/api/jobs")
@@ -177,7 +177,7 @@ def create_app(
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> dict[str, Any]:
-        _check_choice("state", state, JOB_STATES)
+        _check_choice("state", state, JobState)
         return queries.list_jobs(
             db, state=state, pipeline=pipeline, study_uid=study_uid, series_uid=series_uid, limit=limit, offset=offset
         )
@@ -198,7 +198,7 @@ def create_app(
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> dict[str, Any]:
-        _check_choice("state", state, DELIVERY_STATES)
+        _check_choice("state", state, DeliveryState)
         return queries.list_deliveries(
             db, state=state, destination=destination, job_id=job_id, limit=limit, offset=offset
         )
@@ -217,7 +217,7 @@ def create_app(
         except actions.ActionRefused as exc:
             raise HTTPException(exc.status, exc.reason) from None
         log.info("delivery_retry_requested", delivery_id=delivery_id, user=principal.name)
-        return {"delivery_id": delivery_id, "state": "pending"}
+        return {"delivery_id": delivery_id, "state": DeliveryState.PENDING.value}
 
     # --- STOW-RS ----------------------------------------------------------------------------------------
     @app.post("/dicom-web/studies")
@@ -319,18 +319,9 @@ def readiness(
     config: NodeConfig, db: Database, store: InstanceStore, workers_alive: Callable[[], int] | None
 ) -> dict[str, dict[str, Any]]:
     checks: dict[str, dict[str, Any]] = {}
-    # Index writable: take the write lock and let it go. A separate short-timeout connection, so a
-    # probe never waits the index's 30 s busy timeout behind a long transaction.
-    try:
-        conn = sqlite3.connect(db.path, timeout=2, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
-        finally:
-            conn.close()
-        checks["index_writable"] = {"ok": True}
-    except sqlite3.Error as exc:
-        checks["index_writable"] = {"ok": False, "reason": str(exc)}
+    # Index writable: take the write lock and let it go (a short timeout: a probe must answer quickly).
+    problem = index_writable(db.path)
+    checks["index_writable"] = {"ok": True} if problem is None else {"ok": False, "reason": problem}
     free = store.spool.free_bytes()
     checks["disk_above_watermark"] = {
         "ok": free >= store.min_free_bytes,

@@ -16,13 +16,12 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from node import metrics
-from node.store.db import Database, now
+from node.index import queries
+from node.index.db import Database, now
+from node.index.states import DeliveryState, JobState, SeriesState
 
 log = structlog.get_logger(__name__)
 
-JOB_STATES = ("queued", "running", "done", "failed", "superseded")
-DELIVERY_STATES = ("pending", "sending", "sent", "retry", "dead")
-SERIES_STATES = ("receiving", "complete")
 JOB_DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 stow_requests = Counter(
@@ -59,49 +58,39 @@ class IndexCollector(Collector):
             log.exception("metrics_index_read_failed")
 
     def _collect(self) -> Iterator[Metric]:
-        q = self.db.query
-        jobs = {r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+        jobs = queries.counts_by_state(self.db, "jobs")
         g = GaugeMetricFamily("ainode_jobs", "Jobs in the index by state", labels=["state"])
-        for state in JOB_STATES:
-            g.add_metric([state], jobs.get(state, 0))
+        for job_state in JobState:
+            g.add_metric([job_state.value], jobs.get(job_state, 0))
         yield g
-        deliveries = {r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")}
+        deliveries = queries.counts_by_state(self.db, "deliveries")
         g = GaugeMetricFamily("ainode_deliveries", "Deliveries in the index by state", labels=["state"])
-        for state in DELIVERY_STATES:
-            g.add_metric([state], deliveries.get(state, 0))
+        for delivery_state in DeliveryState:
+            g.add_metric([delivery_state.value], deliveries.get(delivery_state, 0))
         yield g
-        series = {r["state"]: r["n"] for r in q("SELECT state, COUNT(*) AS n FROM series GROUP BY state")}
+        series = queries.counts_by_state(self.db, "series")
         g = GaugeMetricFamily("ainode_series", "Series in the index by completeness state", labels=["state"])
-        for state in SERIES_STATES:
-            g.add_metric([state], series.get(state, 0))
+        for series_state in SeriesState:
+            g.add_metric([series_state.value], series.get(series_state, 0))
         yield g
+        yield GaugeMetricFamily("ainode_studies", "Studies in the index", value=queries.study_count(self.db))
         yield GaugeMetricFamily(
-            "ainode_studies", "Studies in the index", value=q("SELECT COUNT(*) AS n FROM studies")[0]["n"]
+            "ainode_job_queue_depth", "Jobs waiting for a worker", value=jobs.get(JobState.QUEUED, 0)
         )
-        yield GaugeMetricFamily("ainode_job_queue_depth", "Jobs waiting for a worker", value=jobs.get("queued", 0))
         yield GaugeMetricFamily(
             "ainode_delivery_queue_depth",
             "Deliveries waiting to be sent (pending or retry)",
-            value=deliveries.get("pending", 0) + deliveries.get("retry", 0),
+            value=deliveries.get(DeliveryState.PENDING, 0) + deliveries.get(DeliveryState.RETRY, 0),
         )
-        oldest = q("SELECT MIN(created_at) AS t FROM jobs WHERE state = 'queued'")[0]["t"]
-        age = 0.0 if oldest is None else max(0.0, now() - float(oldest))
+        oldest = queries.oldest_queued_job_created_at(self.db)
+        age = 0.0 if oldest is None else max(0.0, now() - oldest)
         yield GaugeMetricFamily(
             "ainode_oldest_queued_job_age_seconds", "Age of the oldest queued job (0: none)", value=age
         )
         yield self._durations()
 
     def _durations(self) -> HistogramMetricFamily:
-        bucket_sql = ", ".join(
-            f"SUM(CASE WHEN d <= {b!r} THEN 1 ELSE 0 END) AS b{i}" for i, b in enumerate(JOB_DURATION_BUCKETS)
-        )
-        rows = self.db.query(
-            f"""SELECT pipeline, outcome, COUNT(*) AS n, SUM(d) AS total, {bucket_sql}
-                FROM (SELECT pipeline, CASE WHEN state = 'failed' THEN 'failed' ELSE 'done' END AS outcome,
-                             MAX(finished_at - started_at, 0) AS d
-                      FROM jobs WHERE finished_at IS NOT NULL AND started_at IS NOT NULL)
-                GROUP BY pipeline, outcome"""
-        )
+        rows = queries.job_duration_histogram(self.db, JOB_DURATION_BUCKETS)
         h = HistogramMetricFamily(
             "ainode_job_duration_seconds", "Wall time of finished jobs", labels=["pipeline", "outcome"]
         )

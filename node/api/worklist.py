@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.config import HttpConfig
-from node.store.db import Database
+from node.index import queries
+from node.index.db import Database
+from node.index.states import DeliveryState, JobState, SeriesState
 
 STATUSES = ("receiving", "running", "queued", "failed", "done", "not_routed")
 
@@ -52,37 +54,19 @@ def build_worklist(db: Database, config: HttpConfig, flt: WorklistFilter | None 
     """Every study, newest first, filtered. Reads the whole index once (fine for the tens of
     thousands of studies a node holds; paging is applied after filtering by the caller)."""
     flt = flt or WorklistFilter()
-    where, params = ("WHERE study_uid = ?", (flt.study_uid,)) if flt.study_uid else ("", ())
-    studies = db.query(f"SELECT * FROM studies {where} ORDER BY last_received_at DESC, study_uid", params)
+    found = queries.worklist_rows(db, flt.study_uid)
     series_by_study: dict[str, list[Any]] = defaultdict(list)
-    for s in db.query(
-        f"""SELECT series_uid, study_uid, modality, series_description, series_number, state, generation,
-                   instance_count, last_received_at, completed_at FROM series {where}""",
-        params,
-    ):
+    for s in found.series:
         series_by_study[s["study_uid"]].append(s)
     jobs_by_study: dict[str, list[Any]] = defaultdict(list)
-    job_where = "AND j.study_uid = ?" if flt.study_uid else ""
-    for j in db.query(
-        f"""SELECT j.id, j.series_uid, j.study_uid, j.pipeline, j.state, j.reason, j.created_at, j.started_at,
-                   j.finished_at, j.result_summary, j.attempts
-            FROM jobs j JOIN series s ON s.series_uid = j.series_uid AND s.generation = j.generation
-            WHERE j.id IN (SELECT MAX(id) FROM jobs WHERE state != 'superseded'
-                           GROUP BY series_uid, generation, pipeline)
-            {job_where} ORDER BY j.id""",
-        params,
-    ):
+    for j in found.current_jobs:
         jobs_by_study[j["study_uid"]].append(j)
     deliveries_by_study: dict[str, list[Any]] = defaultdict(list)
-    for d in db.query(
-        f"""SELECT d.id, d.state, d.destination, d.last_error, d.job_id, j.study_uid
-            FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE 1 {job_where}""",
-        params,
-    ):
+    for d in found.deliveries:
         deliveries_by_study[d["study_uid"]].append(d)
 
     rows = []
-    for study in studies:
+    for study in found.studies:
         row = _study_row(
             study,
             series_by_study[study["study_uid"]],
@@ -102,16 +86,16 @@ def _study_row(
     study: Any, series: list[Any], jobs: list[Any], deliveries: list[Any], config: HttpConfig
 ) -> dict[str, Any]:
     states = {j["state"] for j in jobs}
-    dead = [d for d in deliveries if d["state"] == "dead"]
-    if any(s["state"] == "receiving" for s in series):
+    dead = [d for d in deliveries if d["state"] == DeliveryState.DEAD]
+    if any(s["state"] == SeriesState.RECEIVING for s in series):
         status = "receiving"
-    elif "running" in states:
+    elif JobState.RUNNING in states:
         status = "running"
-    elif "queued" in states:
+    elif JobState.QUEUED in states:
         status = "queued"
-    elif "failed" in states or dead:
+    elif JobState.FAILED in states or dead:
         status = "failed"
-    elif "done" in states:
+    elif JobState.DONE in states:
         status = "done"
     else:
         status = "not_routed"
@@ -119,7 +103,7 @@ def _study_row(
     nodule_count: int | None = None
     max_probability: float | None = None
     for job in jobs:
-        if job["state"] != "done" or job["pipeline"] not in config.findings_pipelines:
+        if job["state"] != JobState.DONE or job["pipeline"] not in config.findings_pipelines:
             continue
         findings = _findings(job["result_summary"])
         if findings is None:
@@ -131,7 +115,7 @@ def _study_row(
                 max_probability = p
     flagged = max_probability is not None and max_probability >= config.priority_threshold
 
-    finished = [j["finished_at"] for j in jobs if j["state"] in ("done", "failed") and j["finished_at"]]
+    finished = [j["finished_at"] for j in jobs if j["state"] in (JobState.DONE, JobState.FAILED) and j["finished_at"]]
     last_received = max([s["last_received_at"] for s in series] or [study["last_received_at"]])
     result_at = max(finished) if finished and status in ("done", "failed") else None
     failures = [
@@ -143,7 +127,7 @@ def _study_row(
             "reason": j["reason"] or "",
         }
         for j in jobs
-        if j["state"] == "failed"
+        if j["state"] == JobState.FAILED
     ] + [
         {"kind": "delivery", "delivery_id": d["id"], "destination": d["destination"], "reason": d["last_error"] or ""}
         for d in dead

@@ -7,21 +7,13 @@ import json
 import sys
 
 from node.cli.serve_cmd import add_config_arguments, open_index
+from node.index import queries
+from node.index.states import DeliveryState
 
 
 def _deliveries(args: argparse.Namespace) -> int:
     db = open_index(args)
-    where, params = ("WHERE d.state = ?", (args.state,)) if args.state else ("", ())
-    rows = [
-        dict(r)
-        for r in db.query(
-            f"""SELECT d.id, d.job_id, d.destination, d.state, d.attempts, d.last_error, r.kind,
-                       d.result_sop_instance_uid
-                FROM deliveries d JOIN results r ON r.sop_instance_uid = d.result_sop_instance_uid
-                {where} ORDER BY d.id DESC LIMIT ?""",
-            (*params, args.limit),
-        )
-    ]
+    rows = queries.deliveries_with_kind(db, args.state, args.limit)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -52,7 +44,7 @@ def _retry(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = sub.add_parser("deliveries", help="list result deliveries (outbox) with their state and last error")
     add_config_arguments(d)
-    d.add_argument("--state", choices=["pending", "sending", "sent", "retry", "dead"])
+    d.add_argument("--state", choices=[s.value for s in DeliveryState])
     d.add_argument("--limit", type=int, default=100)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=_deliveries)

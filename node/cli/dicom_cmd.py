@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `ainode status` need not load 
 
 
 def _destination(args: argparse.Namespace) -> DimseDestination:
-    from node.export.destinations import DimseDestinationConfig
+    from node.config.destinations import DimseDestinationConfig
     from node.export.dimse import DimseDestination
 
     config = DimseDestinationConfig(

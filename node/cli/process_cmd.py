@@ -18,7 +18,7 @@ def _process(args: argparse.Namespace) -> int:
     import requests
     from dicomweb_client.api import DICOMwebClient
 
-    from node.store.db import Database
+    from node.index.db import Database
     from node.store.ingest import InstanceStore
     from node.store.spool import Spool
     from node.uids import validate_uid

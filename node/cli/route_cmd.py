@@ -11,9 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
 DEFAULT_CONFIG = Path("/etc/ainode/node.yaml")
 
 
@@ -36,7 +33,7 @@ def register(subparsers: Any) -> None:
         "--config",
         type=Path,
         default=Path(os.environ.get("AINODE_CONFIG", DEFAULT_CONFIG)),
-        help="node YAML with `routes:` (and `destinations:`); default $AINODE_CONFIG or %(default)s",
+        help="the node's YAML configuration (read as `ainode serve` reads it); default $AINODE_CONFIG or %(default)s",
     )
     parser.add_argument("--calling-ae", default="", help="calling AE title the series would arrive from")
     parser.add_argument("--called-ae", default="AINODE", help="called AE title (the node's); default %(default)s")
@@ -91,8 +88,11 @@ def _quiet_logs() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.route.rules import attributes_from_dataset, evaluate_routes, load_routes_from_yaml, unindexed_keywords
-    from node.store.ingest import ROUTING_KEYWORDS
+    from node.config import load_config, unrouted_result_warnings
+    from node.dicom_attributes import routing_attributes
+    from node.errors import ConfigError
+    from node.route.evaluation import evaluate_routes
+    from node.route.explanation import explain_decision
 
     _quiet_logs()
 
@@ -100,28 +100,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"route-test: config {args.config} not found (use --config FILE)", file=sys.stderr)
         return 2
     try:
-        section = load_routes_from_yaml(args.config)
-    except ValidationError as exc:
-        print(f"route-test: invalid config {args.config}:\n{exc}", file=sys.stderr)
+        # The loader `ainode serve` uses: a config the node would refuse is refused here, with the same reason.
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"route-test: {exc}", file=sys.stderr)
         return 2
     if not args.directory.is_dir():
         print(f"route-test: {args.directory} is not a directory", file=sys.stderr)
         return 2
-    from node.config import default_routes, unrouted_result_warnings
-
-    document = yaml.safe_load(args.config.read_text()) or {}
-    if isinstance(document, dict) and "routes" not in document:
-        # As `ainode serve` does: without a `routes:` section the node runs its default route.
-        section = section.model_copy(update={"routes": default_routes()})
+    if "routes" not in config.model_fields_set:
         print("route-test: no `routes:` in the config: the node's default route applies", file=sys.stderr)
-    for warning in unrouted_result_warnings(section.routes):
+    for warning in unrouted_result_warnings(config.routes):
         print(f"route-test: WARNING {warning}", file=sys.stderr)
-    for route_name, keywords in unindexed_keywords(section.routes, ROUTING_KEYWORDS).items():
-        print(
-            f"route-test: WARNING route {route_name!r} tests {keywords}, which the node's index does not keep: "
-            f"the running node sees them as absent (indexed: {', '.join(ROUTING_KEYWORDS)})",
-            file=sys.stderr,
-        )
     groups = group_by_series(args.directory)
     if not groups:
         print(f"route-test: no DICOM files under {args.directory}", file=sys.stderr)
@@ -129,10 +119,11 @@ def run(args: argparse.Namespace) -> int:
 
     records: list[dict[str, Any]] = []
     for group in groups:
-        # The same attributes the running node routes on: those its index keeps per series.
-        attributes = {k: v for k, v in attributes_from_dataset(group.first).items() if k in ROUTING_KEYWORDS}
-        attributes["SeriesInstanceUID"] = group.series_instance_uid
-        decision = evaluate_routes(section.routes, attributes, args.calling_ae, args.called_ae)
+        # The attributes the running node routes on, taken from the file as the store takes them.
+        attributes = routing_attributes(group.first)
+        decision = evaluate_routes(
+            config.routes, attributes, args.calling_ae, args.called_ae, series_uid=group.series_instance_uid
+        )
         ds = group.first
         records.append(
             {
@@ -143,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
                 "routes": [r.name for r in decision.matched],
                 "fallback": decision.used_fallback,
                 "jobs": {p: list(d) for p, d in decision.jobs().items()},
-                "explanation": decision.explanation(),
+                "attributes": attributes,
+                "explanation": explain_decision(decision),
             }
         )
     if args.json:

@@ -11,7 +11,7 @@ from node.config import NodeConfig, configuration_warnings, load_config
 from node.errors import ConfigError
 
 if TYPE_CHECKING:
-    from node.store.db import Database
+    from node.index.db import Database
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, dict[str, Any]] 
 
 def open_index(args: argparse.Namespace) -> Database:
     """The index of the configured data dir (for commands that read it while the node runs)."""
-    from node.store.db import Database
+    from node.index.db import Database
     from node.work.worker import index_path
 
     path = index_path(config_from_args(args))

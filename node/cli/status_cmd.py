@@ -7,33 +7,17 @@ import json
 from typing import Any
 
 from node.cli.serve_cmd import add_config_arguments, open_index
+from node.index import queries
+from node.index.db import Database
 
 
-def collect_status(db: Any) -> dict[str, Any]:
-    series = [
-        dict(r)
-        for r in db.query(
-            """SELECT series_uid, study_uid, modality, series_description, state, generation, instance_count,
-                      completion_reason, calling_ae FROM series ORDER BY first_received_at DESC"""
-        )
-    ]
-    jobs_by_state = {r["state"]: r["n"] for r in db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
-    deliveries_by_state = {
-        r["state"]: r["n"] for r in db.query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
-    }
-    studies = db.query("SELECT COUNT(*) AS n FROM studies")[0]["n"]
-    jobs = [
-        dict(r)
-        for r in db.query(
-            "SELECT id, series_uid, pipeline, state, attempts, reason FROM jobs ORDER BY id DESC LIMIT 50"
-        )
-    ]
+def collect_status(db: Database) -> dict[str, Any]:
     return {
-        "studies": studies,
-        "series": series,
-        "jobs_by_state": jobs_by_state,
-        "deliveries_by_state": deliveries_by_state,
-        "recent_jobs": jobs,
+        "studies": queries.study_count(db),
+        "series": queries.series_overview(db),
+        "jobs_by_state": queries.counts_by_state(db, "jobs"),
+        "deliveries_by_state": queries.counts_by_state(db, "deliveries"),
+        "recent_jobs": queries.recent_jobs(db, 50),
     }
 
 

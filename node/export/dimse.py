@@ -21,6 +21,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 
+from node.config.destinations import DimseDestinationConfig
 from node.dimse_status import (
     AssociateRejectReason,
     AssociateRejectResult,
@@ -28,7 +29,7 @@ from node.dimse_status import (
     EchoStatus,
 )
 from node.errors import DeliveryError
-from node.export.destinations import DeliveryReport, DimseDestinationConfig, FileOutcome
+from node.export.destinations import DeliveryReport, FileOutcome
 from node.export.failures import Outcome, classify_store_status
 
 # Identifiers of C-FIND/C-MOVE/N-* can carry patient data; pynetdicom must never log them.

@@ -15,8 +15,9 @@ import structlog
 from pydicom.errors import InvalidDicomError
 from pyorthanc import Orthanc
 
+from node.config.destinations import OrthancRestDestinationConfig
 from node.errors import DeliveryError
-from node.export.destinations import DeliveryReport, FileOutcome, OrthancRestDestinationConfig
+from node.export.destinations import DeliveryReport, FileOutcome
 from node.export.failures import describe_http_status, http_status_is_transient
 
 

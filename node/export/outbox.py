@@ -10,7 +10,6 @@ with one copy whatever happens.
 from __future__ import annotations
 
 import random
-import sqlite3
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,7 +20,9 @@ import structlog
 from node.errors import DeliveryError
 from node.export.backoff import RetryPolicy, next_retry_delay
 from node.export.destinations import Destination, FileOutcome
-from node.store.db import Database, now
+from node.index import deliveries
+from node.index.db import Connection, Database, now
+from node.index.states import DeliveryState
 
 log = structlog.get_logger(__name__)
 
@@ -75,23 +76,19 @@ class Outbox:
     def recover_interrupted(self) -> int:
         """'sending' rows belong to a process that died mid-send: send them again."""
         with self.db.transaction() as conn:
-            rows = conn.execute("SELECT id FROM deliveries WHERE state = 'sending'").fetchall()
-            for row in rows:
-                self._transition(conn, row["id"], "sending", "retry", "node restarted during the send")
-                conn.execute("UPDATE deliveries SET next_attempt_at = ? WHERE id = ?", (now(), row["id"]))
-        return len(rows)
+            ids = deliveries.interrupted_delivery_ids(conn)
+            for delivery_id in ids:
+                self._transition(
+                    conn, delivery_id, DeliveryState.SENDING, DeliveryState.RETRY, "node restarted during the send"
+                )
+                deliveries.set_next_attempt(conn, delivery_id, now())
+        return len(ids)
 
     # --- one pass --------------------------------------------------------------------------------
     def deliver_due(self) -> int:
         """Send what is due, one batch per destination. Returns how many deliveries were attempted."""
         t = now()
-        due = self.db.query(
-            """SELECT d.id, d.destination, d.attempts, r.path, r.sop_instance_uid
-               FROM deliveries d JOIN results r ON r.sop_instance_uid = d.result_sop_instance_uid
-               WHERE d.state IN ('pending', 'retry') AND d.next_attempt_at <= ?
-               ORDER BY d.id LIMIT ?""",
-            (t, self.batch_size * 4),
-        )
+        due = deliveries.due_deliveries(self.db, t, self.batch_size * 4)
         by_destination: dict[str, list[_Due]] = defaultdict(list)
         for row in due:
             if len(by_destination[row["destination"]]) < self.batch_size:
@@ -110,8 +107,8 @@ class Outbox:
             return
         with self.db.transaction() as conn:
             for row in rows:
-                self._transition(conn, row.id, None, "sending", "")
-                conn.execute("UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?", (row.id,))
+                self._transition(conn, row.id, None, DeliveryState.SENDING, "")
+                deliveries.count_attempt(conn, row.id)
         paths = [row.path for row in rows]
         try:
             report = destination.send(paths)
@@ -128,8 +125,8 @@ class Outbox:
             for row in rows:
                 outcome = outcome_by_path.get(row.path)
                 if outcome is not None and outcome.delivered:
-                    self._transition(conn, row.id, "sending", "sent", outcome.detail)
-                    conn.execute("UPDATE deliveries SET sent_at = ?, last_error = NULL WHERE id = ?", (now(), row.id))
+                    self._transition(conn, row.id, DeliveryState.SENDING, DeliveryState.SENT, outcome.detail)
+                    deliveries.mark_sent_at(conn, row.id, now())
                 else:
                     detail = outcome.detail if outcome else "no outcome reported by the destination"
                     permanent = bool(outcome.permanent) if outcome else False
@@ -141,45 +138,32 @@ class Outbox:
             for row in rows:
                 self._fail(conn, row, permanent, reason)
 
-    def _fail(self, conn: sqlite3.Connection, row: _Due, permanent: bool, reason: str) -> None:
+    def _fail(self, conn: Connection, row: _Due, permanent: bool, reason: str) -> None:
         delivery_id = row.id
-        attempts = int(conn.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0])
+        attempts = deliveries.delivery_attempts(conn, delivery_id)
         delay = None if permanent else next_retry_delay(attempts, self.policy, self.rng)
         if delay is None:
             why = reason if permanent else f"gave up after {attempts} attempts: {reason}"
-            self._transition(conn, delivery_id, None, "dead", why)
-            conn.execute("UPDATE deliveries SET last_error = ? WHERE id = ?", (why[:2000], delivery_id))
+            self._transition(conn, delivery_id, None, DeliveryState.DEAD, why)
+            deliveries.set_last_error(conn, delivery_id, why)
             log.error("delivery_dead", delivery_id=delivery_id, destination=row.destination, reason=why)
         else:
-            self._transition(conn, delivery_id, None, "retry", f"retry in {delay:.1f} s: {reason}")
-            conn.execute(
-                "UPDATE deliveries SET next_attempt_at = ?, last_error = ? WHERE id = ?",
-                (now() + delay, reason[:2000], delivery_id),
-            )
+            self._transition(conn, delivery_id, None, DeliveryState.RETRY, f"retry in {delay:.1f} s: {reason}")
+            deliveries.schedule_retry(conn, delivery_id, now() + delay, reason)
 
     @staticmethod
     def _transition(
-        conn: sqlite3.Connection, delivery_id: int, from_state: str | None, to_state: str, detail: str
+        conn: Connection, delivery_id: int, from_state: str | None, to_state: DeliveryState, detail: str
     ) -> None:
-        if from_state is None:
-            from_state = conn.execute("SELECT state FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
-        t = now()
-        conn.execute("UPDATE deliveries SET state = ?, updated_at = ? WHERE id = ?", (to_state, t, delivery_id))
-        conn.execute(
-            "INSERT INTO delivery_events (delivery_id, from_state, to_state, at, detail) VALUES (?, ?, ?, ?, ?)",
-            (delivery_id, from_state, to_state, t, detail[:2000]),
-        )
+        deliveries.record_transition(conn, delivery_id, from_state, to_state, detail)
 
 
 def retry_delivery(db: Database, delivery_id: int) -> bool:
     """Operator action: a dead (or waiting) delivery is sent again now. False if there is no such row."""
     with db.transaction() as conn:
-        row = conn.execute("SELECT state FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-        if row is None or row["state"] not in ("dead", "retry"):
+        state = deliveries.delivery_state(conn, delivery_id)
+        if state is None or state not in (DeliveryState.DEAD, DeliveryState.RETRY):
             return False
-        Outbox._transition(conn, delivery_id, row["state"], "pending", "operator asked for a retry")
-        conn.execute(
-            "UPDATE deliveries SET attempts = 0, next_attempt_at = ?, last_error = NULL WHERE id = ?",
-            (now(), delivery_id),
-        )
+        Outbox._transition(conn, delivery_id, state, DeliveryState.PENDING, "operator asked for a retry")
+        deliveries.reset_for_operator_retry(conn, delivery_id, now())
     return True

@@ -17,8 +17,9 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from node.config.destinations import BearerAuth, StowRsDestinationConfig
 from node.errors import DeliveryError
-from node.export.destinations import BearerAuth, DeliveryReport, FileOutcome, StowRsDestinationConfig
+from node.export.destinations import DeliveryReport, FileOutcome
 from node.export.failures import (
     Outcome,
     classify_store_status,

@@ -4,13 +4,12 @@ A PACS never says "that was the last image". Waiting for a long quiet period (me
 least 60 s) is safe but slow; a CT series whose slice positions, projected on the slice normal,
 form one evenly spaced run with no gap (and match ImagesInAcquisition when the scanner sends it)
 is complete as soon as a short settle time has passed with no new instance. An instance arriving
-later re-opens the series (see ``node.store.ingest.reopen_series``).
+later re-opens the series (see ``node.index.series.reopen_series``).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +20,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from node import metrics
 from node.config import CompletenessConfig
+from node.index import series as series_index
+from node.index.db import Database, Row, now
 from node.route.planner import JobPlanner
-from node.store.db import Database, now
 
 log = structlog.get_logger(__name__)
 
@@ -97,22 +97,15 @@ class CompletenessMonitor:
         """One pass. Returns the series UIDs that were completed (for tests and the CLI)."""
         t = now()
         completed = []
-        candidates = self.db.query(
-            "SELECT * FROM series WHERE state = 'receiving' AND last_received_at <= ?",
-            (t - self.config.settle_s,),
-        )
+        candidates = series_index.receiving_series_quiet_since(self.db, t - self.config.settle_s)
         for series in candidates:
             quiet_for = t - series["last_received_at"]
             if quiet_for >= self.config.quiet_period_s:
                 reason = f"quiet for {quiet_for:.0f} s"
                 kind = "quiet_period"
             else:
-                instances = self.db.query(
-                    """SELECT image_position, image_orientation, number_of_frames, images_in_acquisition
-                       FROM instances WHERE series_uid = ?""",
-                    (series["series_uid"],),
-                )
-                verdict = judge_geometry([dict(i) for i in instances], self.config.spacing_tolerance)
+                instances = series_index.instance_geometry(self.db, series["series_uid"])
+                verdict = judge_geometry(instances, self.config.spacing_tolerance)
                 if not verdict.complete:
                     continue
                 reason, kind = f"geometry: {verdict.reason}", "geometry"
@@ -121,20 +114,13 @@ class CompletenessMonitor:
                 completed.append(series["series_uid"])
         return completed
 
-    def _complete(self, series: sqlite3.Row, reason: str) -> bool:
+    def _complete(self, series: Row, reason: str) -> bool:
         with self.db.transaction() as conn:
             # Re-read inside the transaction: an instance may have arrived since the check.
-            current = conn.execute(
-                "SELECT * FROM series WHERE series_uid = ? AND state = 'receiving' AND last_received_at = ?",
-                (series["series_uid"], series["last_received_at"]),
-            ).fetchone()
+            current = series_index.receiving_series_unchanged(conn, series["series_uid"], series["last_received_at"])
             if current is None:
                 return False
-            conn.execute(
-                """UPDATE series SET state = 'complete', completed_at = ?, completion_reason = ?
-                   WHERE series_uid = ?""",
-                (now(), reason, series["series_uid"]),
-            )
+            series_index.mark_series_complete(conn, series["series_uid"], now(), reason)
             job_ids = self.planner.queue_jobs(conn, current)
         log.info(
             "series_complete",

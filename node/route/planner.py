@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 
 import structlog
 
-from node.route.rules import Route, RoutingDecision, evaluate_routes
-from node.work.jobs import queue_job
+from node.config.routes import Route
+from node.index.db import Connection, Row
+from node.index.jobs import queue_job
+from node.route.evaluation import RoutingDecision, evaluate_routes
+from node.route.explanation import explain_decision
 
 log = structlog.get_logger(__name__)
 
@@ -18,7 +20,7 @@ class JobPlanner:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = list(routes)
 
-    def decide(self, series: sqlite3.Row) -> RoutingDecision:
+    def decide(self, series: Row) -> RoutingDecision:
         attributes = json.loads(series["attributes"] or "{}")
         return evaluate_routes(
             self.routes,
@@ -28,7 +30,7 @@ class JobPlanner:
             series_uid=series["series_uid"],
         )
 
-    def queue_jobs(self, conn: sqlite3.Connection, series: sqlite3.Row) -> list[int]:
+    def queue_jobs(self, conn: Connection, series: Row) -> list[int]:
         """Inside the completion transaction: one job per (pipeline, its destinations)."""
         decision = self.decide(series)
         route_names = ",".join(r.name for r in decision.matched)
@@ -46,5 +48,5 @@ class JobPlanner:
         ]
         if not job_ids:
             # The explanation names tags and values only (routing attributes hold no patient identity).
-            log.info("series_not_routed", series_uid=series["series_uid"], explanation=decision.explanation())
+            log.info("series_not_routed", series_uid=series["series_uid"], explanation=explain_decision(decision))
         return job_ids

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import queue
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import pydicom
 import structlog
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -31,43 +28,19 @@ from pydicom.filereader import (
 from pydicom.uid import UID
 
 from node import __version__, metrics
+from node.dicom_attributes import routing_attributes
 from node.errors import InvalidDatasetError, OutOfResourcesError
+from node.index.db import Connection, Database, TransientIndexError, now
+from node.index.series import InstanceRecord, SeriesRecord, StudyRecord, index_instance
 from node.logging_setup import scrub_values
-from node.store.db import Database, now
 from node.store.fast_dicom import encode_file_meta, is_image_storage, parse_header
 from node.store.spool import Spool
 from node.uids import validate_uid
-from node.work.jobs import supersede_open_jobs
 
 log = structlog.get_logger(__name__)
 
 IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1234.1")  # node's implementation UID
 IMPLEMENTATION_VERSION_NAME = f"AINODE_{__version__}"[:16]
-
-# Series/study tags kept for routing rules (see node/route). No patient identity here.
-ROUTING_KEYWORDS = (
-    "Modality",
-    "BodyPartExamined",
-    "SeriesDescription",
-    "StudyDescription",
-    "ProtocolName",
-    "ImageType",
-    "SliceThickness",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "ConvolutionKernel",
-    "ContrastBolusAgent",
-    "SOPClassUID",
-    "SeriesNumber",
-    "KVP",
-    "PatientPosition",
-    "StationName",
-    "InstitutionName",
-    "InstitutionalDepartmentName",
-    "ScanOptions",
-    "ReconstructionDiameter",
-    "NumberOfFrames",
-)
 
 StoreResult = Literal["new", "identical", "replaced"]
 
@@ -81,19 +54,6 @@ class StoredInstance:
     path: Path
     size_bytes: int
     result: StoreResult
-
-
-def _json_value(value: Any) -> Any:
-    """Plain JSON for a DICOM value (multi-valued → list, numbers as float, rest as text)."""
-    if value is None:
-        return None
-    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, int | float):
-        return value
-    if isinstance(value, pydicom.valuerep.DSfloat | pydicom.valuerep.IS):
-        return float(value)
-    return str(value)
 
 
 def _float_list(ds: Dataset, keyword: str, length: int) -> list[float] | None:
@@ -339,7 +299,7 @@ class IndexWriter:
                     with self.db.transaction() as conn:
                         _index_row(conn, row)
                     break
-                except sqlite3.OperationalError as exc:
+                except TransientIndexError as exc:
                     if attempt == self.ROW_ATTEMPTS:
                         self._row_failed(row, exc)
                     else:
@@ -360,69 +320,40 @@ class IndexWriter:
         )
 
 
-def _index_row(conn: sqlite3.Connection, row: _PendingRow) -> None:
-    ds, t = row.ds, row.received_at
-    study_uid = str(ds.StudyInstanceUID)
-    series_uid = str(ds.SeriesInstanceUID)
-    digest = hashlib.sha256(row.dataset_bytes).hexdigest()
-    attributes = {kw: _json_value(ds.get(kw)) for kw in ROUTING_KEYWORDS if kw in ds}
-    ipp = _float_list(ds, "ImagePositionPatient", 3)
-    iop = _float_list(ds, "ImageOrientationPatient", 6)
-    conn.execute(
-        """INSERT INTO studies (study_uid, patient_name, patient_id, accession_number, study_date,
-               study_description, first_received_at, last_received_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT(study_uid) DO UPDATE SET last_received_at = max(last_received_at, excluded.last_received_at)""",
-        (study_uid, str(ds.get("PatientName", "")), str(ds.get("PatientID", "")),
-         str(ds.get("AccessionNumber", "")), str(ds.get("StudyDate", "")),
-         str(ds.get("StudyDescription", "")), t, t),
-    )  # fmt: skip
-    series = conn.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
-    if series is None:
-        conn.execute(
-            """INSERT INTO series (series_uid, study_uid, modality, body_part_examined,
-                   series_description, series_number, attributes, calling_ae, called_ae, state,
-                   instance_count, first_received_at, last_received_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'receiving', 0, ?, ?)""",
-            (series_uid, study_uid, str(ds.get("Modality", "")), str(ds.get("BodyPartExamined", "")),
-             str(ds.get("SeriesDescription", "")), _optional_int(ds, "SeriesNumber"),
-             json.dumps(attributes), row.calling_ae, row.called_ae, t, t),
-        )  # fmt: skip
-    elif series["state"] == "complete":
-        reopen_series(conn, series_uid, t)
-    exists = conn.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (str(ds.SOPInstanceUID),)).fetchone()
-    conn.execute(
-        """UPDATE series SET last_received_at = max(last_received_at, ?),
-               instance_count = instance_count + ? WHERE series_uid = ?""",
-        (t, 0 if exists else 1, series_uid),
+def _index_row(conn: Connection, row: _PendingRow) -> None:
+    ds = row.ds
+    study = StudyRecord(
+        study_uid=str(ds.StudyInstanceUID),
+        patient_name=str(ds.get("PatientName", "")),
+        patient_id=str(ds.get("PatientID", "")),
+        accession_number=str(ds.get("AccessionNumber", "")),
+        study_date=str(ds.get("StudyDate", "")),
+        study_description=str(ds.get("StudyDescription", "")),
     )
-    conn.execute(
-        """INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid,
-               transfer_syntax_uid, path, size_bytes, sha256, instance_number, image_position,
-               image_orientation, slice_thickness, number_of_frames, images_in_acquisition,
-               calling_ae, received_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT(sop_instance_uid) DO UPDATE SET
-               path = excluded.path, size_bytes = excluded.size_bytes, sha256 = excluded.sha256,
-               transfer_syntax_uid = excluded.transfer_syntax_uid,
-               image_position = excluded.image_position,
-               image_orientation = excluded.image_orientation,
-               received_at = excluded.received_at,
-               replaced_count = replaced_count + (excluded.sha256 != sha256)""",
-        (str(ds.SOPInstanceUID), series_uid, study_uid, row.sop_class, row.transfer_syntax, str(row.path),
-         row.size, digest, _optional_int(ds, "InstanceNumber"), json.dumps(ipp) if ipp else None,
-         json.dumps(iop) if iop else None, _optional_float(ds, "SliceThickness"),
-         _optional_int(ds, "NumberOfFrames"), _optional_int(ds, "ImagesInAcquisition"),
-         row.calling_ae, t),
-    )  # fmt: skip
-
-
-def reopen_series(conn: sqlite3.Connection, series_uid: str, t: float) -> None:
-    """An instance arrived for a complete series: it is receiving again, its work superseded."""
-    conn.execute(
-        """UPDATE series SET state = 'receiving', generation = generation + 1,
-               completed_at = NULL, completion_reason = NULL WHERE series_uid = ?""",
-        (series_uid,),
+    series = SeriesRecord(
+        series_uid=str(ds.SeriesInstanceUID),
+        modality=str(ds.get("Modality", "")),
+        body_part_examined=str(ds.get("BodyPartExamined", "")),
+        series_description=str(ds.get("SeriesDescription", "")),
+        series_number=_optional_int(ds, "SeriesNumber"),
+        attributes=routing_attributes(ds),
+        calling_ae=row.calling_ae,
+        called_ae=row.called_ae,
     )
-    # A running job finds out when it finishes (the worker compares generations).
-    supersede_open_jobs(conn, series_uid, "series re-opened by a late instance")
+    instance = InstanceRecord(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=row.sop_class,
+        transfer_syntax_uid=row.transfer_syntax,
+        path=row.path,
+        size_bytes=row.size,
+        sha256=hashlib.sha256(row.dataset_bytes).hexdigest(),
+        instance_number=_optional_int(ds, "InstanceNumber"),
+        image_position=_float_list(ds, "ImagePositionPatient", 3),
+        image_orientation=_float_list(ds, "ImageOrientationPatient", 6),
+        slice_thickness=_optional_float(ds, "SliceThickness"),
+        number_of_frames=_optional_int(ds, "NumberOfFrames"),
+        images_in_acquisition=_optional_int(ds, "ImagesInAcquisition"),
+        calling_ae=row.calling_ae,
+        received_at=row.received_at,
+    )
+    index_instance(conn, study, series, instance)

@@ -17,8 +17,8 @@ from typing import Any
 import structlog
 
 from node.config import NodeConfig
-from node.store.db import Database, now
-from node.work.jobs import finish_job_failed
+from node.index.db import Database, now
+from node.index.jobs import finish_job_failed, running_jobs_of_worker
 from node.work.worker import worker_process_main
 
 log = structlog.get_logger(__name__)
@@ -84,9 +84,7 @@ class WorkerSupervisor:
     def _check(self) -> None:
         timeout = self.config.workers.job_timeout_s
         for worker_id, proc in list(self._workers.items()):
-            running = self.db.query(
-                "SELECT id, started_at FROM jobs WHERE state = 'running' AND lease_owner = ?", (worker_id,)
-            )
+            running = running_jobs_of_worker(self.db, worker_id)
             if not proc.is_alive():
                 reason = f"worker process {_describe_exit(proc.exitcode)} while running the job"
                 for job in running:

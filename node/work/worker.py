@@ -19,18 +19,22 @@ import pydicom
 import structlog
 
 from node.config import RESULT_OBJECT_PIPELINES, NodeConfig
-from node.logging_setup import configure_logging
-from node.store.db import Database, now
-from node.store.spool import Spool
-from node.work.jobs import (
+from node.index import deliveries, results, series
+from node.index.db import Database, now
+from node.index.jobs import (
     Job,
-    JobState,
     claim_next_job,
     finish_job_failed,
+    job_state_and_lease_owner,
+    mark_job_done,
+    mark_job_superseded_on_finish,
     record_transition,
     renew_lease,
     series_generation,
 )
+from node.index.states import JobState
+from node.logging_setup import configure_logging
+from node.store.spool import Spool
 from pipelines.base import CTVolume, ModelIdentity, NotApplicable, Pipeline, PipelineResult, ResultStatus
 
 log = structlog.get_logger(__name__)
@@ -109,8 +113,7 @@ class Worker:
     def _execute(self, job: Job) -> tuple[PipelineResult, dict[str, float], CTVolume | None]:
         from pipelines.loading import load_series
 
-        rows = self.db.query("SELECT path FROM instances WHERE series_uid = ?", (job.series_uid,))
-        paths = [Path(r["path"]) for r in rows]
+        paths = series.instance_paths(self.db, job.series_uid)
         t0 = time.perf_counter()
         pipeline = self.pipeline(job.pipeline)
         t1 = time.perf_counter()
@@ -132,8 +135,8 @@ class Worker:
         from node.encode import encode_results, write_results
 
         by_uid = {s.sop_instance_uid for s in volume.slices}
-        rows = self.db.query("SELECT sop_instance_uid, path FROM instances WHERE series_uid = ?", (job.series_uid,))
-        sources = [pydicom.dcmread(r["path"]) for r in rows if r["sop_instance_uid"] in by_uid]
+        files = series.instance_files(self.db, job.series_uid)
+        sources = [pydicom.dcmread(path) for sop_uid, path in files if sop_uid in by_uid]
         seed = result_uid_seed(self.db.installation_id(), job)
         datasets = encode_results(result, volume, sources, uid_seed=seed, previous_reports=self._earlier_reports(job))
         out_dir = self.spool.results_root / str(job.id)
@@ -142,12 +145,8 @@ class Worker:
 
     def _earlier_reports(self, job: Job) -> list[pydicom.Dataset]:
         """SRs of earlier jobs of this series and pipeline: the new results supersede them."""
-        rows = self.db.query(
-            """SELECT r.path FROM results r JOIN jobs j ON j.id = r.job_id
-               WHERE j.series_uid = ? AND j.pipeline = ? AND j.id < ? AND r.kind = 'SR'""",
-            (job.series_uid, job.pipeline, job.id),
-        )
-        return [pydicom.dcmread(r["path"]) for r in rows if Path(r["path"]).exists()]
+        paths = results.earlier_report_paths(self.db, job.series_uid, job.pipeline, job.id)
+        return [pydicom.dcmread(path) for path in paths if path.exists()]
 
     def _finish(
         self,
@@ -160,40 +159,22 @@ class Worker:
         summary: dict[str, Any] = result.summary()
         summary["node_timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT state, lease_owner FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            row = job_state_and_lease_owner(conn, job.id)
             if row["state"] != JobState.RUNNING.value or row["lease_owner"] != self.worker_id:
                 log.warning("job_lost_lease", job_id=job.id, state=row["state"])
                 return
             if series_generation(conn, job.series_uid) != job.generation:
-                conn.execute(
-                    "UPDATE jobs SET state = 'superseded', finished_at = ?, result_summary = ? WHERE id = ?",
-                    (t, json.dumps(summary), job.id),
-                )
+                mark_job_superseded_on_finish(conn, job.id, t, json.dumps(summary))
                 record_transition(conn, job.id, "running", JobState.SUPERSEDED, "series changed while running")
                 return
             for sop_uid, kind, path in outputs:
-                conn.execute(
-                    """INSERT INTO results (sop_instance_uid, job_id, kind, path, created_at)
-                       VALUES (?, ?, ?, ?, ?)
-                       ON CONFLICT(sop_instance_uid) DO UPDATE SET job_id = excluded.job_id,
-                           path = excluded.path""",
-                    (sop_uid, job.id, kind, str(path), t),
-                )
+                results.record_result(conn, sop_uid, job.id, kind, path, t)
                 for destination in job.destinations:
-                    conn.execute(
-                        """INSERT OR IGNORE INTO deliveries (job_id, result_sop_instance_uid, destination,
-                               state, next_attempt_at, created_at, updated_at)
-                           VALUES (?, ?, ?, 'pending', ?, ?, ?)""",
-                        (job.id, sop_uid, destination, t, t, t),
-                    )
+                    deliveries.queue_delivery(conn, job.id, sop_uid, destination, t)
             detail = (
                 result.reason if result.status is ResultStatus.NOT_APPLICABLE else f"{len(result.findings)} findings"
             )
-            conn.execute(
-                """UPDATE jobs SET state = 'done', finished_at = ?, lease_owner = NULL, result_summary = ?,
-                       reason = ? WHERE id = ?""",
-                (t, json.dumps(summary), result.reason or None, job.id),
-            )
+            mark_job_done(conn, job.id, t, json.dumps(summary), result.reason or None)
             record_transition(conn, job.id, "running", JobState.DONE, detail)
         log.info(
             "job_done",

@@ -7,20 +7,11 @@ up to ``max_attempts``, after which it fails with the reason.
 
 from __future__ import annotations
 
-import enum
 import json
-import sqlite3
 from dataclasses import dataclass
 
-from node.store.db import Database, now
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"
+from node.index.db import Connection, Database, Row, now
+from node.index.states import JobState
 
 
 @dataclass(frozen=True)
@@ -35,7 +26,7 @@ class Job:
     attempts: int
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: Row) -> Job:
         return cls(
             id=row["id"],
             series_uid=row["series_uid"],
@@ -49,7 +40,7 @@ class Job:
 
 
 def record_transition(
-    conn: sqlite3.Connection, job_id: int, from_state: str | None, to_state: JobState, detail: str = ""
+    conn: Connection, job_id: int, from_state: str | None, to_state: JobState, detail: str = ""
 ) -> None:
     conn.execute(
         "INSERT INTO job_events (job_id, from_state, to_state, at, detail) VALUES (?, ?, ?, ?, ?)",
@@ -58,7 +49,7 @@ def record_transition(
 
 
 def queue_job(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     series_uid: str,
     study_uid: str,
@@ -70,8 +61,8 @@ def queue_job(
     """Insert a queued job inside the caller's transaction (series completion is the same change)."""
     cur = conn.execute(
         """INSERT INTO jobs (series_uid, study_uid, generation, pipeline, route, destinations, state,
-               created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)""",
-        (series_uid, study_uid, generation, pipeline, route, json.dumps(destinations), now()),
+               created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+        (series_uid, study_uid, generation, pipeline, route, json.dumps(destinations), JobState.QUEUED, now()),
     )
     job_id = int(cur.lastrowid or 0)
     record_transition(conn, job_id, None, JobState.QUEUED, f"route {route}")
@@ -85,25 +76,25 @@ def claim_next_job(db: Database, worker_id: str, lease_s: float, max_attempts: i
         # Expired leases past their last attempt fail here, with the reason, instead of looping.
         for row in conn.execute(
             """SELECT id, attempts, lease_owner FROM jobs
-               WHERE state = 'running' AND lease_expires_at < ? AND attempts >= ?""",
-            (t, max_attempts),
+               WHERE state = ? AND lease_expires_at < ? AND attempts >= ?""",
+            (JobState.RUNNING, t, max_attempts),
         ).fetchall():
             reason = f"worker {row['lease_owner']} stopped during attempt {row['attempts']} of {max_attempts}"
             _mark_failed(conn, row["id"], t, reason)
             record_transition(conn, row["id"], JobState.RUNNING.value, JobState.FAILED, reason)
         row = conn.execute(
             """SELECT * FROM jobs
-               WHERE state = 'queued' OR (state = 'running' AND lease_expires_at < ?)
+               WHERE state = ? OR (state = ? AND lease_expires_at < ?)
                ORDER BY id LIMIT 1""",
-            (t,),
+            (JobState.QUEUED, JobState.RUNNING, t),
         ).fetchone()
         if row is None:
             return None
         retaken = row["state"] == JobState.RUNNING.value
         conn.execute(
-            """UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?,
+            """UPDATE jobs SET state = ?, attempts = attempts + 1, lease_owner = ?,
                    lease_expires_at = ?, started_at = ? WHERE id = ?""",
-            (worker_id, t + lease_s, t, row["id"]),
+            (JobState.RUNNING, worker_id, t + lease_s, t, row["id"]),
         )
         detail = f"worker {worker_id}" + (f"; lease of {row['lease_owner']} expired" if retaken else "")
         record_transition(conn, row["id"], row["state"], JobState.RUNNING, detail)
@@ -116,8 +107,8 @@ def renew_lease(db: Database, job_id: int, worker_id: str, lease_s: float) -> bo
     with db.transaction() as conn:
         cur = conn.execute(
             """UPDATE jobs SET lease_expires_at = ?
-               WHERE id = ? AND lease_owner = ? AND state = 'running'""",
-            (now() + lease_s, job_id, worker_id),
+               WHERE id = ? AND lease_owner = ? AND state = ?""",
+            (now() + lease_s, job_id, worker_id, JobState.RUNNING),
         )
         return cur.rowcount == 1
 
@@ -131,22 +122,75 @@ def finish_job_failed(db: Database, job_id: int, reason: str) -> None:
         record_transition(conn, job_id, JobState.RUNNING.value, JobState.FAILED, reason)
 
 
-def series_generation(conn: sqlite3.Connection, series_uid: str) -> int:
+def job_state_and_lease_owner(conn: Connection, job_id: int) -> Row:
+    """``state`` and ``lease_owner`` of a job (the worker checks the job is still its own)."""
+    row: Row = conn.execute("SELECT state, lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row
+
+
+def mark_job_superseded_on_finish(conn: Connection, job_id: int, t: float, result_summary: str) -> None:
+    """The series changed while the job ran: its result is kept for the record, not delivered."""
+    conn.execute(
+        "UPDATE jobs SET state = ?, finished_at = ?, result_summary = ? WHERE id = ?",
+        (JobState.SUPERSEDED, t, result_summary, job_id),
+    )
+
+
+def mark_job_done(conn: Connection, job_id: int, t: float, result_summary: str, reason: str | None) -> None:
+    conn.execute(
+        """UPDATE jobs SET state = ?, finished_at = ?, lease_owner = NULL, result_summary = ?,
+               reason = ? WHERE id = ?""",
+        (JobState.DONE, t, result_summary, reason, job_id),
+    )
+
+
+def running_jobs_of_worker(db: Database, worker_id: str) -> list[Row]:
+    """``id`` and ``started_at`` of the jobs a worker holds (the supervisor's timeout and crash checks)."""
+    return db.query(
+        "SELECT id, started_at FROM jobs WHERE state = ? AND lease_owner = ?", (JobState.RUNNING, worker_id)
+    )
+
+
+def requeue_running_jobs(db: Database, detail: str) -> int:
+    """At start-up: jobs running when the node last stopped belong to workers that no longer exist."""
+    with db.transaction() as conn:
+        rows = conn.execute("SELECT id, lease_owner FROM jobs WHERE state = ?", (JobState.RUNNING,)).fetchall()
+        for row in rows:
+            conn.execute(
+                "UPDATE jobs SET state = ?, lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
+                (JobState.QUEUED, row["id"]),
+            )
+            record_transition(conn, row["id"], JobState.RUNNING.value, JobState.QUEUED, detail)
+    return len(rows)
+
+
+def open_job_count_of_study(conn: Connection, study_uid: str) -> int:
+    """Queued or running jobs of a study."""
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE study_uid = ? AND state IN (?, ?)",
+            (study_uid, JobState.QUEUED, JobState.RUNNING),
+        ).fetchone()[0]
+    )
+
+
+def series_generation(conn: Connection, series_uid: str) -> int:
     row = conn.execute("SELECT generation FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
     return int(row["generation"]) if row else 0
 
 
-def supersede_open_jobs(conn: sqlite3.Connection, series_uid: str, detail: str) -> None:
+def supersede_open_jobs(conn: Connection, series_uid: str, detail: str) -> None:
     """Queued and done work of a series that just re-opened no longer describes it."""
     for job in conn.execute(
-        "SELECT id, state FROM jobs WHERE series_uid = ? AND state IN ('queued', 'done')", (series_uid,)
+        "SELECT id, state FROM jobs WHERE series_uid = ? AND state IN (?, ?)",
+        (series_uid, JobState.QUEUED, JobState.DONE),
     ).fetchall():
-        conn.execute("UPDATE jobs SET state = 'superseded' WHERE id = ?", (job["id"],))
+        conn.execute("UPDATE jobs SET state = ? WHERE id = ?", (JobState.SUPERSEDED, job["id"]))
         record_transition(conn, job["id"], job["state"], JobState.SUPERSEDED, detail)
 
 
-def _mark_failed(conn: sqlite3.Connection, job_id: int, t: float, reason: str) -> None:
+def _mark_failed(conn: Connection, job_id: int, t: float, reason: str) -> None:
     conn.execute(
-        "UPDATE jobs SET state = 'failed', finished_at = ?, reason = ?, lease_owner = NULL WHERE id = ?",
-        (t, reason, job_id),
+        "UPDATE jobs SET state = ?, finished_at = ?, reason = ?, lease_owner = NULL WHERE id = ?",
+        (JobState.FAILED, t, reason, job_id),
     )

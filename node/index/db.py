@@ -15,10 +15,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from node.errors import StoreError
+from node.index.states import DeliveryState, JobState, SeriesState, sql_choices
+
+# The stages type their arguments with these names and never import sqlite3 themselves.
+Connection = sqlite3.Connection
+Row = sqlite3.Row
+# "database is locked" and the like: worth another try after a pause.
+TransientIndexError = sqlite3.OperationalError
 
 SCHEMA_VERSION = 1
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 -- Patient/study identity is kept for the worklist (shown only when the operator enables it)
@@ -34,10 +41,10 @@ CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL REFERENCES studies(study_uid),
     modality TEXT, body_part_examined TEXT, series_description TEXT, series_number INTEGER,
-    -- Tags for routing rules, as JSON {keyword: value}.
-    attributes TEXT NOT NULL DEFAULT '{}',
+    -- Tags for routing rules, as JSON {{keyword: value}}.
+    attributes TEXT NOT NULL DEFAULT '{{}}',
     calling_ae TEXT, called_ae TEXT,
-    state TEXT NOT NULL CHECK (state IN ('receiving', 'complete')),
+    state TEXT NOT NULL CHECK (state IN ({sql_choices(SeriesState)})),
     -- Incremented each time an instance re-opens a complete series; jobs carry the generation
     -- they ran on so that results of an older generation are known to be superseded.
     generation INTEGER NOT NULL DEFAULT 1,
@@ -77,7 +84,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     pipeline TEXT NOT NULL,
     route TEXT NOT NULL,
     destinations TEXT NOT NULL DEFAULT '[]',   -- JSON list of destination names
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'superseded')),
+    state TEXT NOT NULL CHECK (state IN ({sql_choices(JobState)})),
     attempts INTEGER NOT NULL DEFAULT 0,
     lease_owner TEXT, lease_expires_at REAL,
     created_at REAL NOT NULL, started_at REAL, finished_at REAL,
@@ -111,7 +118,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     job_id INTEGER NOT NULL REFERENCES jobs(id),
     result_sop_instance_uid TEXT NOT NULL REFERENCES results(sop_instance_uid),
     destination TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'retry', 'dead')),
+    state TEXT NOT NULL CHECK (state IN ({sql_choices(DeliveryState)})),
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error TEXT,
@@ -186,6 +193,23 @@ class Database:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def index_writable(path: Path, timeout_s: float = 2) -> str | None:
+    """None when the index at ``path`` takes the write lock within ``timeout_s``, else the reason.
+
+    A separate short-timeout connection, so a probe never waits the 30 s busy timeout behind a long
+    transaction."""
+    try:
+        conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None
 
 
 def now() -> float:
