@@ -31,7 +31,8 @@ from node.work.jobs import (
     renew_lease,
     series_generation,
 )
-from pipelines.base import CTVolume, ModelIdentity, NotApplicable, Pipeline, PipelineResult, ResultStatus
+from node.work.runner import run_series
+from pipelines.base import Pipeline, PipelineResult, ResultStatus
 
 log = structlog.get_logger(__name__)
 
@@ -93,10 +94,7 @@ class Worker:
         heartbeat = _LeaseHeartbeat(self.db, job.id, self.worker_id, wc.lease_s)
         heartbeat.start()
         try:
-            result, timings, volume = self._execute(job)
-            encode_start = time.perf_counter()
-            outputs = self._encode(job, result, volume)
-            timings["encode"] = time.perf_counter() - encode_start
+            result, outputs, timings = self._execute(job)
             self._finish(job, result, outputs, timings)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -106,39 +104,26 @@ class Worker:
             heartbeat.stop()
         return True
 
-    def _execute(self, job: Job) -> tuple[PipelineResult, dict[str, float], CTVolume | None]:
-        from pipelines.loading import load_series
-
+    def _execute(self, job: Job) -> tuple[PipelineResult, list[tuple[str, str, Path]], dict[str, float]]:
+        """Run the job's pipeline on its series; the result, its DICOM objects [(sop_uid, kind, path)], timings."""
         rows = self.db.query("SELECT path FROM instances WHERE series_uid = ?", (job.series_uid,))
         paths = [Path(r["path"]) for r in rows]
-        t0 = time.perf_counter()
+        t = time.perf_counter()
         pipeline = self.pipeline(job.pipeline)
-        t1 = time.perf_counter()
-        try:
-            volume = load_series(paths, series_instance_uid=job.series_uid)
-        except NotApplicable as exc:
-            model = getattr(pipeline, "model", None)
-            identity = model if isinstance(model, ModelIdentity) else ModelIdentity(job.pipeline, "", "")
-            return PipelineResult.not_applicable(job.pipeline, identity, exc.reason), {}, None
-        t2 = time.perf_counter()
-        result = pipeline.run(volume)
-        t3 = time.perf_counter()
-        return result, {"model_load": t1 - t0, "load": t2 - t1, "inference": t3 - t2}, volume
+        model_load_s = time.perf_counter() - t
+        run = run_series(
+            pipeline,
+            paths,
+            series_uid=job.series_uid,
+            encode=job.pipeline in RESULT_OBJECT_PIPELINES,
+            uid_seed=lambda _volume: result_uid_seed(self.db.installation_id(), job),
+            previous_reports=lambda: self._earlier_reports(job),
+        )
+        from node.encode import write_results  # highdicom: imported by workers, not by the node's main process
 
-    def _encode(self, job: Job, result: PipelineResult, volume: CTVolume | None) -> list[tuple[str, str, Path]]:
-        """DICOM objects for a completed findings result: [(sop_uid, kind, path)]."""
-        if result.status is not ResultStatus.COMPLETED or job.pipeline not in RESULT_OBJECT_PIPELINES or volume is None:
-            return []
-        from node.encode import encode_results, write_results
-
-        by_uid = {s.sop_instance_uid for s in volume.slices}
-        rows = self.db.query("SELECT sop_instance_uid, path FROM instances WHERE series_uid = ?", (job.series_uid,))
-        sources = [pydicom.dcmread(r["path"]) for r in rows if r["sop_instance_uid"] in by_uid]
-        seed = result_uid_seed(self.db.installation_id(), job)
-        datasets = encode_results(result, volume, sources, uid_seed=seed, previous_reports=self._earlier_reports(job))
-        out_dir = self.spool.results_root / str(job.id)
-        paths = write_results(datasets, out_dir)
-        return [(str(ds.SOPInstanceUID), str(ds.Modality), p) for ds, p in zip(datasets, paths, strict=True)]
+        written = write_results(run.datasets, self.spool.results_root / str(job.id)) if run.datasets else []
+        outputs = [(str(ds.SOPInstanceUID), str(ds.Modality), p) for ds, p in zip(run.datasets, written, strict=True)]
+        return run.result, outputs, {"model_load": model_load_s, **run.timings_s}
 
     def _earlier_reports(self, job: Job) -> list[pydicom.Dataset]:
         """SRs of earlier jobs of this series and pipeline: the new results supersede them."""
