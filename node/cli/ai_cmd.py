@@ -18,6 +18,9 @@ def register(subparsers: Any) -> None:
     analyze.add_argument("--series-uid", help="which series, when the folder holds several")
     analyze.add_argument("--pipeline", default="lung-nodule")
     analyze.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    analyze.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present, else CPU"
+    )
     analyze.add_argument("--dicom-out", type=Path, help="also write the SEG, SR and Grad-CAM SC files here")
     analyze.set_defaults(func=_analyze)
 
@@ -33,24 +36,25 @@ def register(subparsers: Any) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from node.config import RESULT_OBJECT_PIPELINES
     from node.encode import write_results
     from node.work.runner import run_series
     from pipelines import registry
+    from pipelines.base import Output, RuntimeOptions
+    from pipelines.devices import DeviceUnavailable
 
     if not args.series_dir.is_dir():
         print(f"analyze: {args.series_dir} is not a directory", file=sys.stderr)
         return 2
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    pipeline = registry.load_pipeline(args.pipeline)
+    try:
+        pipeline = registry.load_pipeline(args.pipeline, RuntimeOptions(device=args.device, threads=args.threads or 0))
+    except DeviceUnavailable as exc:
+        print(f"analyze: --device: {exc}", file=sys.stderr)
+        return 2
     run = run_series(
         pipeline,
         sorted(p for p in args.series_dir.rglob("*") if p.is_file()),
         series_uid=args.series_uid,
-        encode=args.dicom_out is not None and args.pipeline in RESULT_OBJECT_PIPELINES,
+        encode=args.dicom_out is not None and Output.FINDINGS in pipeline.outputs,
         uid_seed=lambda volume: f"analyze/{volume.info.series_instance_uid}",
     )
     result = run.result

@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from pipelines.base import CTVolume, ModelIdentity, NotApplicable, Pipeline, PipelineResult, ResultStatus
+from pipelines.base import CTVolume, NotApplicable, Pipeline, PipelineResult, ResultStatus
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ def run_series(
 ) -> SeriesRun:
     """Load the series in ``paths``, run ``pipeline`` on it and, with ``encode``, encode a completed result.
 
+    The caller decides ``encode`` from ``pipeline.outputs`` (and, offline, whether objects are wanted).
+
     A series the loader refuses (not CT, too few slices, uneven spacing...) is a not-applicable result, not
     an error. ``uid_seed`` gives what every result UID derives from (see ``node.encode.encode_results``) and
     ``previous_reports`` the SRs the new result supersedes; both are asked only when there is a result to
@@ -52,7 +54,7 @@ def run_series(
     try:
         volume = load_series(paths, series_instance_uid=series_uid)
     except NotApplicable as exc:
-        return SeriesRun(PipelineResult.not_applicable(pipeline.name, _identity(pipeline), exc.reason))
+        return SeriesRun(PipelineResult.not_applicable(pipeline.name, pipeline.model, exc.reason))
     timings["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -65,11 +67,6 @@ def run_series(
     datasets = _encode(result, volume, paths, uid_seed(volume), previous_reports())
     timings["encode"] = time.perf_counter() - t
     return SeriesRun(result, datasets, timings)
-
-
-def _identity(pipeline: Pipeline) -> ModelIdentity:
-    model = getattr(pipeline, "model", None)
-    return model if isinstance(model, ModelIdentity) else ModelIdentity(pipeline.name, "", "")
 
 
 def _encode(

@@ -17,8 +17,10 @@ from typing import Any
 
 import pydicom
 import structlog
+from pydantic import BaseModel, ConfigDict
 
-from node.config import RESULT_OBJECT_PIPELINES, NodeConfig
+from node.config import LoggingConfig, NodeConfig, WorkerConfig
+from node.errors import ConfigError
 from node.logging_setup import configure_logging
 from node.store.db import Database, now
 from node.store.spool import Spool
@@ -32,15 +34,53 @@ from node.work.jobs import (
     series_generation,
 )
 from node.work.runner import run_series
-from pipelines.base import Pipeline, PipelineResult, ResultStatus
+from pipelines.base import Output, Pipeline, PipelineResult, ResultStatus, RuntimeOptions
 
 log = structlog.get_logger(__name__)
 
 IDLE_POLL_S = 0.25
 
 
+INDEX_FILENAME = "index.sqlite"
+
+
 def index_path(config: NodeConfig) -> Path:
-    return config.storage.data_dir / "index.sqlite"
+    return config.storage.data_dir / INDEX_FILENAME
+
+
+class WorkerSettings(BaseModel):
+    """What a worker process needs of the node's configuration, and all it receives (no secrets)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path
+    workers: WorkerConfig
+    logging: LoggingConfig
+    pipelines: list[str]  # the routed pipelines: built when the worker starts, not on its first job
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> WorkerSettings:
+        routed = sorted({p for route in config.routes for p in route.pipelines})
+        return cls(data_dir=config.storage.data_dir, workers=config.workers, logging=config.logging, pipelines=routed)
+
+
+def runtime_options(workers: WorkerConfig) -> RuntimeOptions:
+    return RuntimeOptions(device=workers.device, threads=workers.torch_threads)
+
+
+def check_worker_device(workers: WorkerConfig) -> None:
+    """Stop start-up (and `ainode check-config`) when ``workers.device`` is not on this machine.
+
+    Only ``cuda`` can fail, and only it imports torch here; ``auto`` and ``cpu`` cost nothing.
+    """
+    from pipelines.devices import DeviceUnavailable, check_device
+
+    if workers.processes == 0:
+        return  # no workers: nothing runs a pipeline
+    try:
+        check_device(workers.device)
+    except DeviceUnavailable as exc:
+        raise ConfigError(f"workers.device: {exc}") from None
 
 
 def result_uid_seed(installation_id: str, job: Job) -> str:
@@ -56,11 +96,11 @@ def result_uid_seed(installation_id: str, job: Job) -> str:
 
 
 class Worker:
-    def __init__(self, config: NodeConfig, worker_id: str) -> None:
-        self.config = config
+    def __init__(self, settings: WorkerSettings, worker_id: str) -> None:
+        self.settings = settings
         self.worker_id = worker_id
-        self.db = Database(index_path(config))
-        self.spool = Spool(config.storage.data_dir)
+        self.db = Database(settings.data_dir / INDEX_FILENAME)
+        self.spool = Spool(settings.data_dir)
         self._pipelines: dict[str, Pipeline] = {}
         self._stop = threading.Event()
 
@@ -68,13 +108,15 @@ class Worker:
         if name not in self._pipelines:
             from pipelines.registry import load_pipeline
 
-            self._pipelines[name] = load_pipeline(name)  # the model loads once per process
+            wc = self.settings.workers
+            # The model loads once per process, on the configured device, with the pipeline's options.
+            self._pipelines[name] = load_pipeline(name, runtime_options(wc), wc.pipeline_options.get(name))
         return self._pipelines[name]
 
     def run_forever(self) -> None:
         log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
         # Load the routed pipelines' models now, not on the first job: a job's latency then excludes it.
-        for name in sorted({p for route in self.config.routes for p in route.pipelines}):
+        for name in self.settings.pipelines:
             try:
                 self.pipeline(name)
             except Exception as exc:  # a broken pipeline fails its jobs with the reason; the worker stays up
@@ -85,7 +127,7 @@ class Worker:
 
     def run_one(self) -> bool:
         """Claim and run one job. False when there was nothing to do."""
-        wc = self.config.workers
+        wc = self.settings.workers
         job = claim_next_job(self.db, self.worker_id, wc.lease_s, wc.max_attempts)
         if job is None:
             return False
@@ -115,7 +157,7 @@ class Worker:
             pipeline,
             paths,
             series_uid=job.series_uid,
-            encode=job.pipeline in RESULT_OBJECT_PIPELINES,
+            encode=Output.FINDINGS in pipeline.outputs,
             uid_seed=lambda _volume: result_uid_seed(self.db.installation_id(), job),
             previous_reports=lambda: self._earlier_reports(job),
         )
@@ -216,14 +258,9 @@ class _LeaseHeartbeat:
         self._thread.join(timeout=5)
 
 
-def worker_process_main(config_data: dict[str, Any], worker_id: str) -> None:
+def worker_process_main(settings_data: dict[str, Any], worker_id: str) -> None:
     """Entry point of a spawned worker process."""
-    config = NodeConfig.model_validate(config_data)
-    configure_logging(config.logging.level, config.logging.format)
+    settings = WorkerSettings.model_validate(settings_data)
+    configure_logging(settings.logging.level, settings.logging.format)
     structlog.contextvars.bind_contextvars(worker_id=worker_id)
-    # Read by the pipelines when they load their model (node/ itself never imports torch).
-    os.environ["AINODE_DEVICE"] = config.workers.device
-    if config.workers.torch_threads:
-        os.environ["AINODE_TORCH_THREADS"] = str(config.workers.torch_threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(config.workers.torch_threads))
-    Worker(config, worker_id).run_forever()
+    Worker(settings, worker_id).run_forever()
