@@ -144,6 +144,8 @@ def test_device_cuda_without_cuda_stops_start_up_naming_the_field(
     config = tmp_path / "node.yaml"
     config.write_text(f"storage: {{data_dir: {tmp_path / 'data'}}}\nworkers: {{device: cuda}}\n")
     assert main(["check-config", str(config)]) == 2
+    # serve in-process, without its logging set-up (it would bind structlog to pytest's captured stdout).
+    monkeypatch.setattr("node.logging_setup.configure_logging", lambda *args: None)
     assert main(["serve", "--config", str(config), "--port", "1", "--allow", "PACS"]) == 2
     err = capsys.readouterr().err
     assert err.count("workers.device: device 'cuda' was requested but torch sees no CUDA device") == 2, err

@@ -39,7 +39,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from node.encode import write_results
     from node.work.runner import run_series
     from pipelines import registry
-    from pipelines.base import Output, RuntimeOptions
+    from pipelines.base import RuntimeOptions
     from pipelines.devices import DeviceUnavailable
 
     if not args.series_dir.is_dir():
@@ -54,7 +54,7 @@ def _analyze(args: argparse.Namespace) -> int:
         pipeline,
         sorted(p for p in args.series_dir.rglob("*") if p.is_file()),
         series_uid=args.series_uid,
-        encode=args.dicom_out is not None and Output.FINDINGS in pipeline.outputs,
+        encode=args.dicom_out is not None,
         uid_seed=lambda volume: f"analyze/{volume.info.series_instance_uid}",
     )
     result = run.result

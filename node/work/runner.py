@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from pipelines.base import CTVolume, NotApplicable, Pipeline, PipelineResult, ResultStatus
+from pipelines.base import CTVolume, NotApplicable, Output, Pipeline, PipelineResult, ResultStatus
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,14 @@ def run_series(
     paths: Sequence[Path],
     *,
     series_uid: str | None,
-    encode: bool,
+    encode: bool = True,
     uid_seed: Callable[[CTVolume], str] = lambda volume: volume.info.series_instance_uid,
     previous_reports: Callable[[], Sequence[pydicom.Dataset]] = tuple,
 ) -> SeriesRun:
-    """Load the series in ``paths``, run ``pipeline`` on it and, with ``encode``, encode a completed result.
+    """Load the series in ``paths``, run ``pipeline`` on it and encode a completed result as it declares.
 
-    The caller decides ``encode`` from ``pipeline.outputs`` (and, offline, whether objects are wanted).
-
+    The encoders follow ``pipeline.outputs`` (``Output.FINDINGS``: SEG, SR and Grad-CAM SC); a pipeline
+    without outputs gets none. ``encode=False`` skips them (``ainode analyze`` without ``--dicom-out``).
     A series the loader refuses (not CT, too few slices, uneven spacing...) is a not-applicable result, not
     an error. ``uid_seed`` gives what every result UID derives from (see ``node.encode.encode_results``) and
     ``previous_reports`` the SRs the new result supersedes; both are asked only when there is a result to
@@ -60,7 +60,7 @@ def run_series(
     t = time.perf_counter()
     result = pipeline.run(volume)
     timings["inference"] = time.perf_counter() - t
-    if not encode or result.status is not ResultStatus.COMPLETED:
+    if not encode or Output.FINDINGS not in pipeline.outputs or result.status is not ResultStatus.COMPLETED:
         return SeriesRun(result, timings_s=timings)
 
     t = time.perf_counter()

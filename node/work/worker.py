@@ -34,7 +34,7 @@ from node.work.jobs import (
     series_generation,
 )
 from node.work.runner import run_series
-from pipelines.base import Output, Pipeline, PipelineResult, ResultStatus, RuntimeOptions
+from pipelines.base import Pipeline, PipelineResult, ResultStatus, RuntimeOptions
 
 log = structlog.get_logger(__name__)
 
@@ -157,7 +157,6 @@ class Worker:
             pipeline,
             paths,
             series_uid=job.series_uid,
-            encode=Output.FINDINGS in pipeline.outputs,
             uid_seed=lambda _volume: result_uid_seed(self.db.installation_id(), job),
             previous_reports=lambda: self._earlier_reports(job),
         )
