@@ -39,9 +39,7 @@ from pipelines.base import Pipeline, PipelineResult, ResultStatus, RuntimeOption
 log = structlog.get_logger(__name__)
 
 IDLE_POLL_S = 0.25
-
-
-INDEX_FILENAME = "index.sqlite"
+INDEX_FILENAME = "index.sqlite"  # in storage.data_dir
 
 
 def index_path(config: NodeConfig) -> Path:
