@@ -5,7 +5,9 @@ identity of each source slice) and returns a :class:`PipelineResult`: either a
 list of :class:`Finding` objects or a "not applicable" verdict with a reason.
 
 Nothing here knows about DICOM networking, the index or torch, so ``node/`` can
-import this module cheaply and pipelines can be tested without a node.
+import this module cheaply and pipelines can be tested without a node. A pipeline
+declares what it produces (:class:`Output`) and which options it takes
+(:class:`PipelineSpec`); the node builds it through ``pipelines.registry``.
 
 Array axis order everywhere is (slice, row, column) = (z, y, x) on the *source
 slice grid*: slice ``k`` of the volume is the k-th source image when the images
@@ -15,11 +17,13 @@ are sorted along the slice normal.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
 
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
 
@@ -262,12 +266,78 @@ class PipelineResult:
         }
 
 
+class Output(enum.StrEnum):
+    """What the node makes of a pipeline's completed result, besides the job summary every result gets.
+
+    A pipeline declares its outputs (``Pipeline.outputs``, and the same set in its registry entry); the node
+    chooses its encoders from them, never from the pipeline's name.
+    """
+
+    # Nodule findings: node/encode writes a DICOM SEG (one segment per nodule), a TID 1500 SR and one
+    # Grad-CAM SC per nodule, and the outbox delivers them to the route's destinations.
+    FINDINGS = "findings"
+
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a pipeline may use the machine (the node's ``workers.device`` and ``workers.torch_threads``).
+
+    Given to the pipeline when it is built (``pipelines.registry.load_pipeline``), never through the
+    environment. Pipelines without a model ignore them.
+    """
+
+    device: Device = "auto"  # auto: CUDA when torch sees a GPU, else CPU; cuda without one is an error
+    threads: int = 0  # CPU threads for torch; 0: torch's default
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+class PipelineOptions(BaseModel):
+    """A pipeline's own settings (thresholds...), from the node's ``workers.pipeline_options.<name>``.
+
+    Each pipeline subclasses it with its fields and defaults; a key it does not know is refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Pipeline(Protocol):
-    """What the node calls. Implementations load their model once, in __init__."""
+    """What the node calls. Implementations load their model once, when they are built."""
 
     name: str
+    model: ModelIdentity  # also the identity of a not-applicable result the node makes for it
+    outputs: frozenset[Output]  # empty: the job summary only (measurements), nothing encoded
 
     def run(self, volume: CTVolume) -> PipelineResult: ...
+
+
+PipelineFactory = Callable[[RuntimeOptions, Any], Pipeline]
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the node knows of a pipeline before building it; declared where importing costs nothing (no torch).
+
+    ``factory`` names a function ``(RuntimeOptions, <options>) -> Pipeline`` as ``"module:function"``; its
+    module is imported only when a worker (or ``ainode analyze``) builds the pipeline.
+    """
+
+    name: str
+    factory: str
+    outputs: frozenset[Output]
+    options: type[PipelineOptions] = PipelineOptions
+
+    def __post_init__(self) -> None:
+        module, _, function = self.factory.partition(":")
+        if not module or not function:
+            raise ValueError(f"factory of {self.name!r} must be 'module:function', got {self.factory!r}")
 
 
 class NotApplicable(Exception):

@@ -30,16 +30,14 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
 from scipy import ndimage
 
 from pipelines.base import CTVolume, NotApplicable, SeriesInfo, SourceSlice, VolumeGeometry
 
 AIR_HU = -1024.0
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
-MULTI_FRAME_CT_CLASSES = {ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE}
+MULTI_FRAME_CT_CLASSES = {EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage}
 
 # Tolerances. Direction cosines of slices in one stack agree to ~1e-4 in practice; 1e-3 absorbs rounding
 # in the DS strings. Slice spacing may jitter by a few percent (DS rounding, table feed); larger differences

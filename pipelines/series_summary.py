@@ -11,15 +11,28 @@ import time
 
 import numpy as np
 
-from pipelines.base import CTVolume, ModelIdentity, NotApplicable, PipelineResult, ResultStatus
+from pipelines.base import (
+    CTVolume,
+    ModelIdentity,
+    NotApplicable,
+    PipelineOptions,
+    PipelineResult,
+    PipelineSpec,
+    ResultStatus,
+    RuntimeOptions,
+)
 
 BODY_HU_THRESHOLD = -500.0  # above: tissue; the body is the largest such region (not needed exactly)
 LUNG_HU_RANGE = (-950.0, -500.0)
 
+# Measurements only: the job summary holds them, nothing is encoded. No options.
+SPEC = PipelineSpec(name="series-summary", factory="pipelines.series_summary:build", outputs=frozenset())
+
 
 class SeriesSummaryPipeline:
-    name = "series-summary"
+    name = SPEC.name
     model = ModelIdentity(name="series-summary", version="1.0", weights_sha256="")
+    outputs = SPEC.outputs
 
     def run(self, volume: CTVolume) -> PipelineResult:
         start = time.perf_counter()
@@ -61,3 +74,8 @@ class SeriesSummaryPipeline:
             measurements=measurements,
             timings_s={"total": time.perf_counter() - start},
         )
+
+
+def build(runtime: RuntimeOptions, options: PipelineOptions) -> SeriesSummaryPipeline:
+    """The registry's factory (numpy only: device and threads do not apply)."""
+    return SeriesSummaryPipeline()

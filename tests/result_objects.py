@@ -12,12 +12,12 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from demo.paths import SIEMENS_CT
 
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE = SecondaryCaptureImageStorage
+COMPREHENSIVE_3D_SR = Comprehensive3DSRStorage
 
 
 def ct_files(folder: Path = SIEMENS_CT) -> list[Path]:

@@ -129,12 +129,27 @@ def test_dead_worker_is_replaced(tmp_path: Path) -> None:
         wait_until(lambda: node.log_text().count('"worker_started"') >= 2, 30, "a replacement worker")
 
 
-def test_config_survives_the_trip_to_a_worker_process() -> None:
-    """Workers get the config as JSON: aliased keys (`not`, `continue`) must come back as they went."""
-    from node.config import NodeConfig, default_routes
-    from node.work.supervisor import worker_config_payload
+def test_workers_receive_their_settings_and_no_secrets() -> None:
+    """A spawned worker gets its settings as JSON: what it needs round-trips; secrets and routes stay home."""
+    import json
 
-    config = NodeConfig()
-    assert config.routes == default_routes()
-    again = NodeConfig.model_validate(worker_config_payload(config))  # what worker_process_main does
-    assert again.routes == config.routes
+    from node.config import parse_config
+    from node.work.supervisor import worker_payload
+    from node.work.worker import WorkerSettings
+
+    config = parse_config(
+        {
+            "http": {"auth": {"credentials": [{"name": "ops", "secret": "top-secret-1"}]}},
+            "destinations": {"pacs": {"type": "stow-rs", "url": "http://127.0.0.1:1/dicom-web",
+                                      "auth": {"type": "basic", "username": "u", "password": "pacs-password"}}},
+            "workers": {"device": "cpu", "torch_threads": 3,
+                        "pipeline_options": {"lung-nodule": {"detection_threshold": 0.4}}},
+        }
+    )  # fmt: skip
+    payload = worker_payload(config)
+    text = json.dumps(payload)
+    assert "top-secret-1" not in text and "pacs-password" not in text and "**" not in text
+    again = WorkerSettings.model_validate(payload)  # what worker_process_main does
+    assert again == WorkerSettings.from_config(config)
+    assert again.workers.pipeline_options == {"lung-nodule": {"detection_threshold": 0.4}}
+    assert again.pipelines == ["lung-nodule"]  # the default route's pipeline, built when the worker starts

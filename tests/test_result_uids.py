@@ -20,8 +20,8 @@ from node.index.db import Database, now
 from node.index.jobs import queue_job
 from node.store.ingest import InstanceStore
 from node.store.spool import Spool
-from node.work.worker import Worker, index_path
-from pipelines.base import CTVolume, PipelineResult
+from node.work.worker import Worker, WorkerSettings, index_path
+from pipelines.base import CTVolume, ModelIdentity, Output, PipelineResult
 from tests.encode_helpers import two_nodules
 from tests.peers.orthanc import OrthancPeer
 
@@ -30,6 +30,10 @@ pytestmark = [pytest.mark.peers, pytest.mark.needs("philips-ct", "orthanc")]
 
 class _DrawnNodules:
     """Stands in for the lung-nodule model: two spheres drawn into the real CT geometry."""
+
+    name = "lung-nodule"
+    model = ModelIdentity("drawn-nodules", "1", "")
+    outputs = frozenset({Output.FINDINGS})
 
     def run(self, volume: CTVolume) -> PipelineResult:
         return two_nodules(volume)
@@ -50,8 +54,8 @@ def _install(data_dir: Path) -> Worker:
                      (now(), series["series_uid"]))  # fmt: skip
         queue_job(conn, series_uid=series["series_uid"], study_uid=series["study_uid"],
                   generation=series["generation"], pipeline="lung-nodule", route="test", destinations=[])  # fmt: skip
-    worker = Worker(config, "w1")
-    worker._pipelines["lung-nodule"] = _DrawnNodules()  # type: ignore[assignment]  # duck-typed stand-in
+    worker = Worker(WorkerSettings.from_config(config), "w1")
+    worker._pipelines["lung-nodule"] = _DrawnNodules()
     return worker
 
 

@@ -28,7 +28,6 @@ import structlog
 from fastapi import HTTPException, Request
 
 from node.config import HttpConfig
-from node.errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -87,12 +86,8 @@ class Authenticator:
         self.mode = config.auth.mode
         self.open_health_on_loopback = config.auth.open_health_on_loopback
         self._credentials: list[_Credential] = []
-        seen: set[bytes] = set()
-        for c in config.auth.credentials:
+        for c in config.auth.credentials:  # unique names and secrets: checked by the config (HttpAuthConfig)
             digest = _digest(c.secret.get_secret_value())
-            if digest in seen:
-                raise ConfigError(f"http.auth.credentials: {c.name!r} has the same secret as another credential")
-            seen.add(digest)
             principal = Principal(c.name, c.role, c.ae_title or config.stow_calling_ae)
             self._credentials.append(_Credential(principal, digest))
         # Per process: sessions end when the node restarts, which is acceptable for a worklist.

@@ -18,6 +18,9 @@ def register(subparsers: Any) -> None:
     analyze.add_argument("--series-uid", help="which series, when the folder holds several")
     analyze.add_argument("--pipeline", default="lung-nodule")
     analyze.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    analyze.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present, else CPU"
+    )
     analyze.add_argument("--dicom-out", type=Path, help="also write the SEG, SR and Grad-CAM SC files here")
     analyze.set_defaults(func=_analyze)
 
@@ -33,29 +36,32 @@ def register(subparsers: Any) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    import time
-
+    from node.encode import write_results
+    from node.work.runner import run_series
     from pipelines import registry
-    from pipelines.base import ModelIdentity, NotApplicable, PipelineResult
-    from pipelines.loading import load_series_dir
+    from pipelines.base import RuntimeOptions
+    from pipelines.devices import DeviceUnavailable
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    pipeline = registry.load_pipeline(args.pipeline)
-    t = time.perf_counter()
+    if not args.series_dir.is_dir():
+        print(f"analyze: {args.series_dir} is not a directory", file=sys.stderr)
+        return 2
     try:
-        volume = load_series_dir(args.series_dir, args.series_uid)
-    except NotApplicable as exc:
-        model = getattr(pipeline, "model", ModelIdentity(args.pipeline, "", ""))
-        result = PipelineResult.not_applicable(pipeline.name, model, exc.reason)
-    else:
-        load_s = time.perf_counter() - t
-        result = pipeline.run(volume)
-        result.timings_s["load"] = load_s
-        if args.dicom_out:
-            _write_dicom(result, volume, args)
+        pipeline = registry.load_pipeline(args.pipeline, RuntimeOptions(device=args.device, threads=args.threads or 0))
+    except DeviceUnavailable as exc:
+        print(f"analyze: --device: {exc}", file=sys.stderr)
+        return 2
+    run = run_series(
+        pipeline,
+        sorted(p for p in args.series_dir.rglob("*") if p.is_file()),
+        series_uid=args.series_uid,
+        encode=args.dicom_out is not None,
+        uid_seed=lambda volume: f"analyze/{volume.info.series_instance_uid}",
+    )
+    result = run.result
+    if "load" in run.timings_s:
+        result.timings_s["load"] = run.timings_s["load"]
+    for path in write_results(run.datasets, args.dicom_out) if run.datasets else []:
+        print(f"wrote {path}", file=sys.stderr)
     text = json.dumps(result.summary(), indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -63,26 +69,6 @@ def _analyze(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text + "\n")
     return 0
-
-
-def _write_dicom(result: Any, volume: Any, args: argparse.Namespace) -> None:
-    """The same encoding the node's worker does, into a folder (offline use, checks, demos)."""
-    import pydicom
-
-    from node.encode import encode_results, write_results
-
-    wanted = {s.sop_instance_uid for s in volume.slices}
-    sources = []
-    for path in sorted(p for p in args.series_dir.rglob("*") if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path)
-        except Exception:  # not DICOM: the loader skipped it too
-            continue
-        if str(ds.get("SOPInstanceUID", "")) in wanted:
-            sources.append(ds)
-    datasets = encode_results(result, volume, sources, uid_seed=f"analyze/{volume.info.series_instance_uid}")
-    for path in write_results(datasets, args.dicom_out):
-        print(f"wrote {path}", file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -76,7 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from node.work.worker import check_worker_device
+
     config = load_config(args.file)
+    check_worker_device(config.workers)  # what `serve` would refuse on this machine (workers.device: cuda)
     print(
         f"{args.file}: OK (AE {config.dicom.ae_title} on port {config.dicom.port}, "
         f"{len(config.dicom.allowed_callers)} allowed caller(s), data in {config.storage.data_dir})"

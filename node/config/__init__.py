@@ -97,8 +97,28 @@ class WorkerConfig(_Model):
     job_timeout_s: float = Field(default=900.0, gt=0)
     lease_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=2, ge=1)
+    # Where pipelines run their models: auto (CUDA when present, else CPU) | cpu (even on a GPU machine) |
+    # cuda (start-up fails on a machine without it).
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(default=0, ge=0)  # 0: let torch decide
+    # Per pipeline, its own options (e.g. lung-nodule: {detection_threshold: 0.4}); checked against the
+    # options the pipeline declares (pipelines.registry), handed to it when a worker builds it.
+    pipeline_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("pipeline_options")
+    @classmethod
+    def _known_options(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from pipelines.registry import pipeline_names
+        from pipelines.registry import pipeline_options as check_options
+
+        for name, options in value.items():
+            if name not in pipeline_names():
+                raise ValueError(f"unknown pipeline {name!r}; known: {', '.join(pipeline_names())}")
+            try:
+                check_options(name, options)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return value
 
 
 class LoggingConfig(_Model):
@@ -150,8 +170,10 @@ class HttpAuthConfig(_Model):
         names = [c.name for c in self.credentials]
         if len(names) != len(set(names)):
             raise ValueError("credential names must be unique")
-        # Unique secrets are checked by node/api/auth.py: worker processes receive this config
-        # dumped as JSON, where every SecretStr reads "**********".
+        secrets = [c.secret.get_secret_value() for c in self.credentials]
+        for index, credential in enumerate(self.credentials):
+            if secrets[index] in secrets[:index]:
+                raise ValueError(f"credential {credential.name!r} has the same secret as another credential")
         return self
 
 
@@ -242,15 +264,14 @@ class NodeConfig(_Model):
         return self
 
 
-# Pipelines whose results are DICOM objects (SEG, SR, SC) to deliver; the others record a summary only.
-RESULT_OBJECT_PIPELINES = frozenset({"lung-nodule"})
-
-
 def unrouted_result_warnings(routes: list[Route]) -> list[str]:
     """Routes whose DICOM results reach no destination (they stay on the node, nobody is told)."""
+    from pipelines.registry import pipeline_names, pipeline_outputs
+
     out = []
     for route in routes:
-        producing = [p for p in route.pipelines if p in RESULT_OBJECT_PIPELINES]
+        # A pipeline with outputs makes DICOM objects to deliver (an unknown name is refused elsewhere).
+        producing = [p for p in route.pipelines if p in pipeline_names() and pipeline_outputs(p)]
         if producing and not route.destinations:
             out.append(
                 f"route {route.name!r} runs {', '.join(producing)} but names no destination: "

@@ -20,6 +20,7 @@ from pydicom.uid import UID, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 
 from node.config.destinations import DimseDestinationConfig
 from node.dimse_status import (
@@ -36,7 +37,6 @@ from node.export.failures import Outcome, classify_store_status
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
-VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
 # PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) per association.
 MAX_PRESENTATION_CONTEXTS = 128
 
@@ -227,7 +227,7 @@ class DimseDestination:
 
     # --- public API ----------------------------------------------------------------------------
     def ping(self) -> None:
-        with self._associate([(VERIFICATION_SOP_CLASS, ImplicitVRLittleEndian)]) as (assoc, _events):
+        with self._associate([(Verification, ImplicitVRLittleEndian)]) as (assoc, _events):
             status = assoc.send_c_echo()
             code = status.get("Status") if status else None
             if code is None:

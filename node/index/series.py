@@ -166,12 +166,6 @@ def instance_paths(db: Database, series_uid: str) -> list[Path]:
     return [Path(r["path"]) for r in db.query("SELECT path FROM instances WHERE series_uid = ?", (series_uid,))]
 
 
-def instance_files(db: Database, series_uid: str) -> list[tuple[str, Path]]:
-    """(SOP Instance UID, spool path) of every instance of the series."""
-    rows = db.query("SELECT sop_instance_uid, path FROM instances WHERE series_uid = ?", (series_uid,))
-    return [(str(r["sop_instance_uid"]), Path(r["path"])) for r in rows]
-
-
 def known_instance_paths(db: Database) -> set[str]:
     """Spool paths of every indexed instance (start-up reconciliation indexes the others)."""
     return {str(r["path"]) for r in db.query("SELECT path FROM instances")}

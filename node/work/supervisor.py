@@ -19,7 +19,7 @@ import structlog
 from node.config import NodeConfig
 from node.index.db import Database, now
 from node.index.jobs import finish_job_failed, running_jobs_of_worker
-from node.work.worker import worker_process_main
+from node.work.worker import WorkerSettings, check_worker_device, worker_process_main
 
 log = structlog.get_logger(__name__)
 
@@ -39,14 +39,14 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-def worker_config_payload(config: NodeConfig) -> dict[str, Any]:
-    """The config as sent to a spawned worker. by_alias: route keys such as `not` and `continue` are
-    aliases of Python-safe field names and must round-trip. Secrets arrive masked; workers need none."""
-    return config.model_dump(mode="json", by_alias=True)
+def worker_payload(config: NodeConfig) -> dict[str, Any]:
+    """What a spawned worker receives: its settings as JSON, not the node's whole configuration."""
+    return WorkerSettings.from_config(config).model_dump(mode="json")
 
 
 class WorkerSupervisor:
     def __init__(self, config: NodeConfig, db: Database, boot_id: str) -> None:
+        check_worker_device(config.workers)  # `device: cuda` without CUDA stops start-up, naming the field
         self.config = config
         self.db = db
         self.boot_id = boot_id
@@ -64,7 +64,7 @@ class WorkerSupervisor:
         worker_id = f"{self.boot_id}-w{uuid.uuid4().hex[:6]}"
         proc = self._ctx.Process(
             target=worker_process_main,
-            args=(worker_config_payload(self.config), worker_id),
+            args=(worker_payload(self.config), worker_id),
             name=f"ainode-worker-{worker_id}",
             daemon=True,
         )

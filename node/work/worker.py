@@ -17,8 +17,10 @@ from typing import Any
 
 import pydicom
 import structlog
+from pydantic import BaseModel, ConfigDict
 
-from node.config import RESULT_OBJECT_PIPELINES, NodeConfig
+from node.config import LoggingConfig, NodeConfig, WorkerConfig
+from node.errors import ConfigError
 from node.index import deliveries, results, series
 from node.index.db import Database, now
 from node.index.jobs import (
@@ -35,15 +37,52 @@ from node.index.jobs import (
 from node.index.states import JobState
 from node.logging_setup import configure_logging
 from node.store.spool import Spool
-from pipelines.base import CTVolume, ModelIdentity, NotApplicable, Pipeline, PipelineResult, ResultStatus
+from node.work.runner import run_series
+from pipelines.base import Pipeline, PipelineResult, ResultStatus, RuntimeOptions
 
 log = structlog.get_logger(__name__)
 
 IDLE_POLL_S = 0.25
+INDEX_FILENAME = "index.sqlite"  # in storage.data_dir
 
 
 def index_path(config: NodeConfig) -> Path:
-    return config.storage.data_dir / "index.sqlite"
+    return config.storage.data_dir / INDEX_FILENAME
+
+
+class WorkerSettings(BaseModel):
+    """What a worker process needs of the node's configuration, and all it receives (no secrets)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path
+    workers: WorkerConfig
+    logging: LoggingConfig
+    pipelines: list[str]  # the routed pipelines: built when the worker starts, not on its first job
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> WorkerSettings:
+        routed = sorted({p for route in config.routes for p in route.pipelines})
+        return cls(data_dir=config.storage.data_dir, workers=config.workers, logging=config.logging, pipelines=routed)
+
+
+def runtime_options(workers: WorkerConfig) -> RuntimeOptions:
+    return RuntimeOptions(device=workers.device, threads=workers.torch_threads)
+
+
+def check_worker_device(workers: WorkerConfig) -> None:
+    """Stop start-up (and `ainode check-config`) when ``workers.device`` is not on this machine.
+
+    Only ``cuda`` can fail, and only it imports torch here; ``auto`` and ``cpu`` cost nothing.
+    """
+    from pipelines.devices import DeviceUnavailable, check_device
+
+    if workers.processes == 0:
+        return  # no workers: nothing runs a pipeline
+    try:
+        check_device(workers.device)
+    except DeviceUnavailable as exc:
+        raise ConfigError(f"workers.device: {exc}") from None
 
 
 def result_uid_seed(installation_id: str, job: Job) -> str:
@@ -59,11 +98,11 @@ def result_uid_seed(installation_id: str, job: Job) -> str:
 
 
 class Worker:
-    def __init__(self, config: NodeConfig, worker_id: str) -> None:
-        self.config = config
+    def __init__(self, settings: WorkerSettings, worker_id: str) -> None:
+        self.settings = settings
         self.worker_id = worker_id
-        self.db = Database(index_path(config))
-        self.spool = Spool(config.storage.data_dir)
+        self.db = Database(settings.data_dir / INDEX_FILENAME)
+        self.spool = Spool(settings.data_dir)
         self._pipelines: dict[str, Pipeline] = {}
         self._stop = threading.Event()
 
@@ -71,13 +110,15 @@ class Worker:
         if name not in self._pipelines:
             from pipelines.registry import load_pipeline
 
-            self._pipelines[name] = load_pipeline(name)  # the model loads once per process
+            wc = self.settings.workers
+            # The model loads once per process, on the configured device, with the pipeline's options.
+            self._pipelines[name] = load_pipeline(name, runtime_options(wc), wc.pipeline_options.get(name))
         return self._pipelines[name]
 
     def run_forever(self) -> None:
         log.info("worker_started", worker_id=self.worker_id, pid=os.getpid())
         # Load the routed pipelines' models now, not on the first job: a job's latency then excludes it.
-        for name in sorted({p for route in self.config.routes for p in route.pipelines}):
+        for name in self.settings.pipelines:
             try:
                 self.pipeline(name)
             except Exception as exc:  # a broken pipeline fails its jobs with the reason; the worker stays up
@@ -88,7 +129,7 @@ class Worker:
 
     def run_one(self) -> bool:
         """Claim and run one job. False when there was nothing to do."""
-        wc = self.config.workers
+        wc = self.settings.workers
         job = claim_next_job(self.db, self.worker_id, wc.lease_s, wc.max_attempts)
         if job is None:
             return False
@@ -97,10 +138,7 @@ class Worker:
         heartbeat = _LeaseHeartbeat(self.db, job.id, self.worker_id, wc.lease_s)
         heartbeat.start()
         try:
-            result, timings, volume = self._execute(job)
-            encode_start = time.perf_counter()
-            outputs = self._encode(job, result, volume)
-            timings["encode"] = time.perf_counter() - encode_start
+            result, outputs, timings = self._execute(job)
             self._finish(job, result, outputs, timings)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -110,38 +148,24 @@ class Worker:
             heartbeat.stop()
         return True
 
-    def _execute(self, job: Job) -> tuple[PipelineResult, dict[str, float], CTVolume | None]:
-        from pipelines.loading import load_series
-
+    def _execute(self, job: Job) -> tuple[PipelineResult, list[tuple[str, str, Path]], dict[str, float]]:
+        """Run the job's pipeline on its series; the result, its DICOM objects [(sop_uid, kind, path)], timings."""
         paths = series.instance_paths(self.db, job.series_uid)
-        t0 = time.perf_counter()
+        t = time.perf_counter()
         pipeline = self.pipeline(job.pipeline)
-        t1 = time.perf_counter()
-        try:
-            volume = load_series(paths, series_instance_uid=job.series_uid)
-        except NotApplicable as exc:
-            model = getattr(pipeline, "model", None)
-            identity = model if isinstance(model, ModelIdentity) else ModelIdentity(job.pipeline, "", "")
-            return PipelineResult.not_applicable(job.pipeline, identity, exc.reason), {}, None
-        t2 = time.perf_counter()
-        result = pipeline.run(volume)
-        t3 = time.perf_counter()
-        return result, {"model_load": t1 - t0, "load": t2 - t1, "inference": t3 - t2}, volume
+        model_load_s = time.perf_counter() - t
+        run = run_series(
+            pipeline,
+            paths,
+            series_uid=job.series_uid,
+            uid_seed=lambda _volume: result_uid_seed(self.db.installation_id(), job),
+            previous_reports=lambda: self._earlier_reports(job),
+        )
+        from node.encode import write_results  # highdicom: imported by workers, not by the node's main process
 
-    def _encode(self, job: Job, result: PipelineResult, volume: CTVolume | None) -> list[tuple[str, str, Path]]:
-        """DICOM objects for a completed findings result: [(sop_uid, kind, path)]."""
-        if result.status is not ResultStatus.COMPLETED or job.pipeline not in RESULT_OBJECT_PIPELINES or volume is None:
-            return []
-        from node.encode import encode_results, write_results
-
-        by_uid = {s.sop_instance_uid for s in volume.slices}
-        files = series.instance_files(self.db, job.series_uid)
-        sources = [pydicom.dcmread(path) for sop_uid, path in files if sop_uid in by_uid]
-        seed = result_uid_seed(self.db.installation_id(), job)
-        datasets = encode_results(result, volume, sources, uid_seed=seed, previous_reports=self._earlier_reports(job))
-        out_dir = self.spool.results_root / str(job.id)
-        paths = write_results(datasets, out_dir)
-        return [(str(ds.SOPInstanceUID), str(ds.Modality), p) for ds, p in zip(datasets, paths, strict=True)]
+        written = write_results(run.datasets, self.spool.results_root / str(job.id)) if run.datasets else []
+        outputs = [(str(ds.SOPInstanceUID), str(ds.Modality), p) for ds, p in zip(run.datasets, written, strict=True)]
+        return run.result, outputs, {"model_load": model_load_s, **run.timings_s}
 
     def _earlier_reports(self, job: Job) -> list[pydicom.Dataset]:
         """SRs of earlier jobs of this series and pipeline: the new results supersede them."""
@@ -212,14 +236,9 @@ class _LeaseHeartbeat:
         self._thread.join(timeout=5)
 
 
-def worker_process_main(config_data: dict[str, Any], worker_id: str) -> None:
+def worker_process_main(settings_data: dict[str, Any], worker_id: str) -> None:
     """Entry point of a spawned worker process."""
-    config = NodeConfig.model_validate(config_data)
-    configure_logging(config.logging.level, config.logging.format)
+    settings = WorkerSettings.model_validate(settings_data)
+    configure_logging(settings.logging.level, settings.logging.format)
     structlog.contextvars.bind_contextvars(worker_id=worker_id)
-    # Read by the pipelines when they load their model (node/ itself never imports torch).
-    os.environ["AINODE_DEVICE"] = config.workers.device
-    if config.workers.torch_threads:
-        os.environ["AINODE_TORCH_THREADS"] = str(config.workers.torch_threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(config.workers.torch_threads))
-    Worker(config, worker_id).run_forever()
+    Worker(settings, worker_id).run_forever()

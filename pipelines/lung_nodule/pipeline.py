@@ -8,7 +8,6 @@ HU, malignancy + Grad-CAM from the malignancy 3D ResNet (candidates batched).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,19 +24,23 @@ from skimage.segmentation import watershed
 
 from pipelines.base import (
     CTVolume,
+    Device,
     Finding,
     ModelIdentity,
     NoduleCategory,
     NotApplicable,
     PipelineResult,
     ResultStatus,
+    RuntimeOptions,
     VoxelBox,
 )
+from pipelines.devices import resolve_device
 from pipelines.lung_nodule import config
 from pipelines.lung_nodule.classifiers import gradcam_layer
+from pipelines.lung_nodule.contract import SPEC, LungNoduleOptions
 from pipelines.lung_nodule.gradcam import malignancy_with_gradcam
 from pipelines.lung_nodule.measure import largest_slice_axes
-from pipelines.lung_nodule.models import ModelBundle, load_bundle, select_device
+from pipelines.lung_nodule.models import ModelBundle, load_bundle
 from pipelines.lung_nodule.preprocessing import (
     WorkingGrid,
     bounding_box,
@@ -46,8 +49,6 @@ from pipelines.lung_nodule.preprocessing import (
     to_working_grid,
     window,
 )
-
-PIPELINE_NAME = "lung-nodule"
 
 
 @dataclass(frozen=True)
@@ -69,26 +70,23 @@ class CandidatePatches:
     segmentation_scores: list[float]
 
 
-DETECTION_THRESHOLD_ENV = "AINODE_LUNG_NODULE_DETECTION_THRESHOLD"
-
-
 class LungNodulePipeline:
     """Loads the weights once; ``run`` is called for every series."""
 
-    name = PIPELINE_NAME
+    name = SPEC.name
+    outputs = SPEC.outputs
 
     def __init__(
         self,
         weights: Path = config.WEIGHTS_PATH,
-        device: str | None = None,
+        device: Device = "auto",
         detection_threshold: float | None = None,
         threads: int | None = None,
     ) -> None:
-        threads = threads or int(os.environ.get("AINODE_TORCH_THREADS", "0")) or None
-        if threads is not None:
+        if threads:
             torch.set_num_threads(threads)
         torch.set_flush_denormal(True)  # denormal activations make CPU convolutions many times slower
-        self.device = select_device(device)
+        self.device = resolve_device(device)  # fails here, before loading, when CUDA is asked for and absent
         self.bundle: ModelBundle = load_bundle(weights, self.device)
         meta = self.bundle.metadata
         self.model = ModelIdentity(
@@ -97,10 +95,6 @@ class LungNodulePipeline:
             weights_sha256=self.bundle.sha256,
         )
         # Operating point chosen for recall on validation data (stored with the weights); overridable.
-        # Precedence: argument, environment (the node's workers), the bundle's stored value.
-        env = os.environ.get(DETECTION_THRESHOLD_ENV)
-        if detection_threshold is None and env:
-            detection_threshold = float(env)
         self.detection_threshold = float(
             detection_threshold
             if detection_threshold is not None
@@ -362,6 +356,13 @@ class LungNodulePipeline:
             gradcam=np.clip(cam_src, 0.0, 1.0).astype(np.float32),
             category=categorise(hu_in),
         )
+
+
+def build(runtime: RuntimeOptions, options: LungNoduleOptions) -> LungNodulePipeline:
+    """The registry's factory: the shipped weights, on the node's device and threads, with its options."""
+    return LungNodulePipeline(
+        device=runtime.device, threads=runtime.threads or None, detection_threshold=options.detection_threshold
+    )
 
 
 def split_sparse_component(
