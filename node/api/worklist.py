@@ -5,6 +5,8 @@ generation that was not superseded — so an operator re-run replaces the earlie
 
 Status, by precedence: receiving (a series still arriving) > running > queued > failed (a current
 job failed or a delivery is dead) > done > not_routed (complete, but no rule chose a pipeline).
+A study whose results wait for a destination that is down lists it in ``waiting_for`` (since when,
+and the destination's last error): the page shows "waiting for PACS since HH:MM".
 Nodule count and highest malignancy probability come from the ``findings`` of the current done
 jobs of ``http.findings_pipelines``; a study none of those ran on has no count (shown as "—"),
 which is not the same as zero nodules.
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.config import HttpConfig
+from node.export.health import Health, health_rows
 from node.store.db import Database
 
 STATUSES = ("receiving", "running", "queued", "failed", "done", "not_routed")
@@ -75,11 +78,12 @@ def build_worklist(db: Database, config: HttpConfig, flt: WorklistFilter | None 
         jobs_by_study[j["study_uid"]].append(j)
     deliveries_by_study: dict[str, list[Any]] = defaultdict(list)
     for d in db.query(
-        f"""SELECT d.id, d.state, d.destination, d.last_error, d.job_id, j.study_uid
+        f"""SELECT d.id, d.state, d.destination, d.last_error, d.job_id, d.waiting_since, j.study_uid
             FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE 1 {job_where}""",
         params,
     ):
         deliveries_by_study[d["study_uid"]].append(d)
+    down = {h.destination: h for h in health_rows(db) if not h.up}
 
     rows = []
     for study in studies:
@@ -89,6 +93,7 @@ def build_worklist(db: Database, config: HttpConfig, flt: WorklistFilter | None 
             jobs_by_study[study["study_uid"]],
             deliveries_by_study[study["study_uid"]],
             config,
+            down,
         )
         if flt.status and row["status"] != flt.status:
             continue
@@ -98,8 +103,29 @@ def build_worklist(db: Database, config: HttpConfig, flt: WorklistFilter | None 
     return rows
 
 
+def _waiting_for(deliveries: list[Any], down: dict[str, Health]) -> list[dict[str, Any]]:
+    """Destinations that are down and hold results of this study: since when they wait, and why."""
+    out = []
+    for name in sorted({d["destination"] for d in deliveries if d["state"] in ("pending", "retry")} & set(down)):
+        starts = [d["waiting_since"] for d in deliveries if d["destination"] == name and d["waiting_since"]]
+        out.append(
+            {
+                "destination": name,
+                "since": min(starts) if starts else down[name].since,
+                "destination_down_since": down[name].since,
+                "reason": down[name].last_error or "",
+            }
+        )
+    return out
+
+
 def _study_row(
-    study: Any, series: list[Any], jobs: list[Any], deliveries: list[Any], config: HttpConfig
+    study: Any,
+    series: list[Any],
+    jobs: list[Any],
+    deliveries: list[Any],
+    config: HttpConfig,
+    down: dict[str, Health],
 ) -> dict[str, Any]:
     states = {j["state"] for j in jobs}
     dead = [d for d in deliveries if d["state"] == "dead"]
@@ -169,6 +195,8 @@ def _study_row(
         "deliveries_by_state": {
             st: sum(1 for d in deliveries if d["state"] == st) for st in sorted({d["state"] for d in deliveries})
         },
+        # Results ready but held while their PACS is down (shown as "waiting for PACS since HH:MM").
+        "waiting_for": _waiting_for(deliveries, down),
         "viewer_url": config.viewer_url_template.format(study_uid=study["study_uid"]),
     }
     if config.show_patient_identity:
