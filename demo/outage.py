@@ -1,0 +1,171 @@
+"""A PACS outage on demand: a real Orthanc killed and restarted under a running node.
+
+Shared by tests/test_outage.py and benchmarks/outage_recovery.py. The node runs as a process
+(``python -m node serve``) with a DIMSE destination to the Orthanc; result sets are recorded in its
+index the way the worker records a finished job (result rows + pending deliveries, one transaction), so
+that what runs during the outage is the export stage itself and not the AI, whose minutes would
+only blur the recovery times. The end-to-end test with the real pipeline is in tests/test_end_to_end.py.
+
+Times of arrival are Orthanc's own (``/changes``, second resolution, UTC), not the node's log.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pydicom
+
+from demo.local_pacs import LocalOrthanc
+from demo.netutil import wait_until
+from demo.node_process import NodeProcess
+from node.store.db import now
+
+DESTINATION = "pacs"
+
+
+@dataclass(frozen=True)
+class ResultSet:
+    job_id: int
+    kind_of: dict[str, str]  # SOP Instance UID -> kind (SEG, OT, SR)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    seq: int
+    at: float  # epoch seconds (Orthanc's clock, whole seconds)
+    sop_instance_uid: str
+
+
+@dataclass
+class OutageSite:
+    workdir: Path
+    probe_cap_s: float = 2.0
+    sets: list[ResultSet] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        delivery = {"check_interval_s": 0.25, "retry": {"base_delay_s": 0.5, "max_delay_s": self.probe_cap_s}}
+        self.node = NodeProcess(self.workdir / "node", {"delivery": delivery}, http={})
+        self.pacs = LocalOrthanc(self.workdir / "orthanc", modalities={"node": (self.node.ae_title, "127.0.0.1", self.node.port)})
+        self.node.config["destinations"] = {
+            DESTINATION: {"type": "dimse", "ae_title": self.pacs.aet, "host": "127.0.0.1",
+                          "port": self.pacs.dicom_port, "calling_ae_title": self.node.ae_title, "timeout_s": 10}
+        }  # fmt: skip
+        self.node.reconfigure({})
+
+    def __enter__(self) -> OutageSite:
+        self.pacs.start()
+        self.node.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.node.stop()
+        self.pacs.stop()
+
+    # --- the outage ------------------------------------------------------------------------------
+    def kill_pacs(self) -> float:
+        self.pacs.kill()
+        return time.time()
+
+    def restart_pacs(self) -> float:
+        """Start Orthanc again on the same ports and storage; the moment it answers (epoch seconds)."""
+        self.pacs.start()
+        return time.time()
+
+    # --- results, as the worker records them ---------------------------------------------------------
+    def record_result_set(self, files: list[Path]) -> ResultSet:
+        """A finished job of a study (its SEG, SC and SR files) with pending deliveries to the PACS."""
+        first = pydicom.dcmread(files[0], stop_before_pixels=True)
+        study_uid = str(first.StudyInstanceUID)
+        series_uid = f"{study_uid}.{len(self.sets) + 1}"  # the (fictitious) CT series the job ran on
+        kind_of = {
+            str(ds.SOPInstanceUID): str(ds.Modality)
+            for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in files)
+        }
+        t = now()
+        db = self.node.db()
+        with db.transaction() as conn:
+            conn.execute(
+                """INSERT OR IGNORE INTO studies (study_uid, first_received_at, last_received_at)
+                   VALUES (?, ?, ?)""",
+                (study_uid, t, t),
+            )
+            conn.execute(
+                """INSERT INTO series (series_uid, study_uid, modality, state, first_received_at, last_received_at,
+                       completed_at) VALUES (?, ?, 'CT', 'complete', ?, ?, ?)""",
+                (series_uid, study_uid, t, t, t),
+            )
+            job_id = int(
+                conn.execute(
+                    """INSERT INTO jobs (series_uid, study_uid, generation, pipeline, route, destinations, state,
+                           created_at, started_at, finished_at) VALUES (?, ?, 1, 'lung-nodule', 'outage', ?,
+                           'done', ?, ?, ?)""",
+                    (series_uid, study_uid, json.dumps([DESTINATION]), t, t, t),
+                ).lastrowid
+                or 0
+            )
+            for path, (uid, kind) in zip(files, kind_of.items(), strict=True):
+                conn.execute(
+                    "INSERT INTO results (sop_instance_uid, job_id, kind, path, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (uid, job_id, kind, str(path), t),
+                )
+                conn.execute(
+                    """INSERT INTO deliveries (job_id, result_sop_instance_uid, destination, state,
+                           next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)""",
+                    (job_id, uid, DESTINATION, t, t, t),
+                )
+        db.close()
+        result_set = ResultSet(job_id, kind_of)
+        self.sets.append(result_set)
+        return result_set
+
+    # --- what the node and the PACS say --------------------------------------------------------------
+    def deliveries(self) -> list[dict[str, Any]]:
+        db = self.node.db()
+        try:
+            return [dict(r) for r in db.query("SELECT * FROM deliveries ORDER BY id")]
+        finally:
+            db.close()
+
+    def all_sent(self) -> bool:
+        rows = self.deliveries()
+        return bool(rows) and all(r["state"] == "sent" for r in rows)
+
+    def waiting(self) -> bool:
+        """Every delivery waits for the PACS (retry, with the reason), none was sent or given up."""
+        rows = self.deliveries()
+        return bool(rows) and all(r["state"] == "retry" and r["last_error"] for r in rows)
+
+    def wait_all_sent(self, timeout_s: float) -> None:
+        wait_until(self.all_sent, timeout_s, "every delivery to be sent", interval_s=0.2)
+
+    def arrivals(self) -> list[Arrival]:
+        """The results in Orthanc, in the order it recorded them."""
+        ours = {uid for s in self.sets for uid in s.kind_of}
+        return [
+            Arrival(a["seq"], _orthanc_date(a["date"]), a["sop_instance_uid"])
+            for a in self.pacs.new_instances()
+            if a["sop_instance_uid"] in ours
+        ]
+
+    def metric(self, name: str, destination: str = DESTINATION) -> float | None:
+        import httpx
+
+        text = httpx.get(f"{self.node.http_url}/metrics", timeout=10).text
+        prefix = f'{name}{{destination="{destination}"}} '
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                return float(line[len(prefix) :])
+        return None
+
+
+def _orthanc_date(value: str) -> float:
+    """Orthanc's change dates ("20261202T143001") are UTC."""
+    return float(calendar.timegm(time.strptime(value, "%Y%m%dT%H%M%S")))
