@@ -24,7 +24,7 @@ import pydicom
 from demo.local_pacs import LocalOrthanc
 from demo.netutil import wait_until
 from demo.node_process import NodeProcess
-from node.store.db import now
+from node.store.db import Database, now
 
 DESTINATION = "pacs"
 
@@ -51,7 +51,8 @@ class OutageSite:
     def __post_init__(self) -> None:
         delivery = {"check_interval_s": 0.25, "retry": {"base_delay_s": 0.5, "max_delay_s": self.probe_cap_s}}
         self.node = NodeProcess(self.workdir / "node", {"delivery": delivery}, http={})
-        self.pacs = LocalOrthanc(self.workdir / "orthanc", modalities={"node": (self.node.ae_title, "127.0.0.1", self.node.port)})
+        node_modality = (self.node.ae_title, "127.0.0.1", self.node.port)
+        self.pacs = LocalOrthanc(self.workdir / "orthanc", modalities={"node": node_modality})
         self.node.config["destinations"] = {
             DESTINATION: {"type": "dimse", "ae_title": self.pacs.aet, "host": "127.0.0.1",
                           "port": self.pacs.dicom_port, "calling_ae_title": self.node.ae_title, "timeout_s": 10}
@@ -82,47 +83,11 @@ class OutageSite:
     # --- results, as the worker records them ---------------------------------------------------------
     def record_result_set(self, files: list[Path]) -> ResultSet:
         """A finished job of a study (its SEG, SC and SR files) with pending deliveries to the PACS."""
-        first = pydicom.dcmread(files[0], stop_before_pixels=True)
-        study_uid = str(first.StudyInstanceUID)
-        series_uid = f"{study_uid}.{len(self.sets) + 1}"  # the (fictitious) CT series the job ran on
-        kind_of = {
-            str(ds.SOPInstanceUID): str(ds.Modality)
-            for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in files)
-        }
-        t = now()
         db = self.node.db()
-        with db.transaction() as conn:
-            conn.execute(
-                """INSERT OR IGNORE INTO studies (study_uid, first_received_at, last_received_at)
-                   VALUES (?, ?, ?)""",
-                (study_uid, t, t),
-            )
-            conn.execute(
-                """INSERT INTO series (series_uid, study_uid, modality, state, first_received_at, last_received_at,
-                       completed_at) VALUES (?, ?, 'CT', 'complete', ?, ?, ?)""",
-                (series_uid, study_uid, t, t, t),
-            )
-            job_id = int(
-                conn.execute(
-                    """INSERT INTO jobs (series_uid, study_uid, generation, pipeline, route, destinations, state,
-                           created_at, started_at, finished_at) VALUES (?, ?, 1, 'lung-nodule', 'outage', ?,
-                           'done', ?, ?, ?)""",
-                    (series_uid, study_uid, json.dumps([DESTINATION]), t, t, t),
-                ).lastrowid
-                or 0
-            )
-            for path, (uid, kind) in zip(files, kind_of.items(), strict=True):
-                conn.execute(
-                    "INSERT INTO results (sop_instance_uid, job_id, kind, path, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (uid, job_id, kind, str(path), t),
-                )
-                conn.execute(
-                    """INSERT INTO deliveries (job_id, result_sop_instance_uid, destination, state,
-                           next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)""",
-                    (job_id, uid, DESTINATION, t, t, t),
-                )
-        db.close()
-        result_set = ResultSet(job_id, kind_of)
+        try:
+            result_set = record_finished_job(db, files, DESTINATION, series_number=len(self.sets) + 1)
+        finally:
+            db.close()
         self.sets.append(result_set)
         return result_set
 
@@ -169,3 +134,45 @@ class OutageSite:
 def _orthanc_date(value: str) -> float:
     """Orthanc's change dates ("20261202T143001") are UTC."""
     return float(calendar.timegm(time.strptime(value, "%Y%m%dT%H%M%S")))
+
+
+def record_finished_job(db: Database, files: list[Path], destination: str, *, series_number: int = 1) -> ResultSet:
+    """A finished job in the index, as the worker records one: study, series, the job, its result objects
+    and one pending delivery per object to ``destination``, in one transaction."""
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study_uid = str(first.StudyInstanceUID)
+    series_uid = f"{study_uid}.{series_number}"  # the (fictitious) CT series the job ran on
+    kind_of = {
+        str(ds.SOPInstanceUID): str(ds.Modality) for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in files)
+    }
+    t = now()
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT OR IGNORE INTO studies (study_uid, first_received_at, last_received_at) VALUES (?, ?, ?)",
+            (study_uid, t, t),
+        )
+        conn.execute(
+            """INSERT INTO series (series_uid, study_uid, modality, state, first_received_at, last_received_at,
+                   completed_at) VALUES (?, ?, 'CT', 'complete', ?, ?, ?)""",
+            (series_uid, study_uid, t, t, t),
+        )
+        job_id = int(
+            conn.execute(
+                """INSERT INTO jobs (series_uid, study_uid, generation, pipeline, route, destinations, state,
+                       created_at, started_at, finished_at) VALUES (?, ?, 1, 'lung-nodule', 'outage', ?,
+                       'done', ?, ?, ?)""",
+                (series_uid, study_uid, json.dumps([destination]), t, t, t),
+            ).lastrowid
+            or 0
+        )
+        for path, (uid, kind) in zip(files, kind_of.items(), strict=True):
+            conn.execute(
+                "INSERT INTO results (sop_instance_uid, job_id, kind, path, created_at) VALUES (?, ?, ?, ?, ?)",
+                (uid, job_id, kind, str(path), t),
+            )
+            conn.execute(
+                """INSERT INTO deliveries (job_id, result_sop_instance_uid, destination, state,
+                       next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)""",
+                (job_id, uid, destination, t, t, t),
+            )
+    return ResultSet(job_id, kind_of)

@@ -6,6 +6,7 @@ answer C-STORE with 0xA700 / 0xC000 on demand, so a pynetdicom SCP plays that pa
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 from pathlib import Path
@@ -19,11 +20,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from demo.paths import PHILIPS_CT
-from node.dimse_status import StoreStatus
-from node.errors import DeliveryError
-from node.export import dimse as dimse_module
 from node.config import parse_config
-from node.errors import ConfigError
+from node.dimse_status import StoreStatus
+from node.errors import ConfigError, DeliveryError
+from node.export import dimse as dimse_module
 from node.export.backoff import RetryPolicy, backoff_ceiling, gave_up, next_retry_delay
 from node.export.destinations import (
     DeliveryReport,
@@ -423,10 +423,8 @@ class _SilentPort:
             for _ in range(4):  # fill the accept queue
                 c = socket.socket()
                 c.setblocking(False)
-                try:
+                with contextlib.suppress(BlockingIOError):
                     c.connect(("127.0.0.1", self.port))
-                except BlockingIOError:
-                    pass
                 self.fillers.append(c)
 
     def close(self) -> None:
@@ -473,9 +471,9 @@ def test_connection_failures_say_what_happened(results: list[Path]) -> None:
         silent.close()
     for name in ("dimse", "rest", "stow"):
         assert "timed out connecting after 1 s" in texts[name] and "refused" not in texts[name], texts[name]
-    assert "connected to" in texts["rest-silent"] and "timed out waiting for the answer after 1 s" in texts[
-        "rest-silent"
-    ], texts["rest-silent"]
+    assert (
+        "connected to" in texts["rest-silent"] and "timed out waiting for the answer after 1 s" in texts["rest-silent"]
+    ), texts["rest-silent"]
 
 
 # --- classification, config, backoff (no peer) ----------------------------------------------------
