@@ -20,9 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_delay_s: float = Field(default=2.0, gt=0, description="Ceiling of the first probe/retry delay.")
+    base_delay_s: float = Field(default=1.0, gt=0, description="Ceiling of the first probe/retry delay.")
+    # 10 s: results reach a PACS that came back within about 10 s (one probe interval + the send); one
+    # C-ECHO every few seconds is no load for a PACS, down or up.
     max_delay_s: float = Field(
-        default=60.0, gt=0, le=3600, description="No probe or retry waits longer than this, however long the outage."
+        default=10.0, gt=0, le=3600, description="No probe or retry waits longer than this, however long the outage."
     )
     give_up_after_s: float = Field(
         default=86400.0,
