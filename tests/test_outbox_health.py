@@ -199,3 +199,16 @@ def test_index_of_schema_1_is_migrated(tmp_path: Path) -> None:
     columns = {r["name"] for r in db.query("PRAGMA table_info(deliveries)")}
     assert "waiting_since" in columns
     assert db.query("SELECT COUNT(*) AS n FROM destination_health")[0]["n"] == 0
+
+
+def test_a_down_destination_with_nothing_waiting_is_still_probed(tmp_path: Path, clock: Clock) -> None:
+    db = Database(tmp_path / "index.sqlite")
+    destination = FakeDestination()
+    box = Outbox(db, {"pacs": destination}, RetryPolicy(base_delay_s=2, max_delay_s=CAP_S))
+    box.health.track(["pacs"], clock.t)
+    box.health.mark_down("pacs", "refused", clock.t)
+    destination.up = True
+    clock.t += CAP_S
+    box.deliver_due()
+    assert destination.pings == 1
+    assert box.health.get("pacs").up  # the up/down gauge does not wait for the next result to be true

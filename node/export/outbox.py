@@ -27,7 +27,7 @@ import structlog
 from node.errors import DeliveryError
 from node.export.backoff import RetryPolicy, gave_up, next_retry_delay
 from node.export.destinations import DeliveryReport, Destination, FileOutcome
-from node.export.health import HealthBook, probe_now
+from node.export.health import HealthBook, health_rows, probe_now
 from node.store.db import Database, now
 
 log = structlog.get_logger(__name__)
@@ -112,6 +112,8 @@ class Outbox:
         names = {r["destination"] for r in self.db.query(
             "SELECT DISTINCT destination FROM deliveries WHERE state IN ('pending', 'retry')"
         )}  # fmt: skip
+        # A down destination is probed even with nothing waiting, so that its health (metrics) stays true.
+        names |= {h.destination for h in health_rows(self.db) if not h.up and h.destination in self.destinations}
         attempted = 0
         for name in sorted(names):
             destination = self.destinations.get(name)
