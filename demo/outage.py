@@ -46,6 +46,7 @@ class Arrival:
 class OutageSite:
     workdir: Path
     probe_cap_s: float = 2.0
+    destination_type: str = "dimse"  # or "stow-rs", "orthanc-rest"
     sets: list[ResultSet] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -53,10 +54,13 @@ class OutageSite:
         self.node = NodeProcess(self.workdir / "node", {"delivery": delivery}, http={})
         node_modality = (self.node.ae_title, "127.0.0.1", self.node.port)
         self.pacs = LocalOrthanc(self.workdir / "orthanc", modalities={"node": node_modality})
-        self.node.config["destinations"] = {
-            DESTINATION: {"type": "dimse", "ae_title": self.pacs.aet, "host": "127.0.0.1",
-                          "port": self.pacs.dicom_port, "calling_ae_title": self.node.ae_title, "timeout_s": 10}
-        }  # fmt: skip
+        destination: dict[str, Any] = {
+            "dimse": {"type": "dimse", "ae_title": self.pacs.aet, "host": "127.0.0.1", "port": self.pacs.dicom_port,
+                      "calling_ae_title": self.node.ae_title, "timeout_s": 10},
+            "stow-rs": {"type": "stow-rs", "url": self.pacs.dicomweb_url, "timeout_s": 10},
+            "orthanc-rest": {"type": "orthanc-rest", "url": self.pacs.url, "timeout_s": 10},
+        }[self.destination_type]  # fmt: skip
+        self.node.config["destinations"] = {DESTINATION: destination}
         self.node.reconfigure({})
 
     def __enter__(self) -> OutageSite:

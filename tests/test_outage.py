@@ -47,8 +47,8 @@ def _check_sets_arrived_in_order(site: OutageSite, arrivals: list[Arrival]) -> N
         assert last - first == 2 and next_first > last, spans
 
 
-def _outage(tmp_path: Path, outage_s: float) -> None:
-    with OutageSite(tmp_path / "site", probe_cap_s=2.0) as site:
+def _outage(tmp_path: Path, outage_s: float, destination_type: str = "dimse") -> None:
+    with OutageSite(tmp_path / "site", probe_cap_s=2.0, destination_type=destination_type) as site:
         killed_at = site.kill_pacs()
         for n in range(SETS):
             site.record_result_set(make_results(tmp_path / f"results-{n}"))
@@ -89,8 +89,15 @@ def test_ten_minute_outage_results_arrive_as_sets_soon_after_restart(tmp_path: P
     _outage(tmp_path, 600)
 
 
-def test_result_sets_go_seg_sc_sr_one_after_another_when_the_pacs_is_up(tmp_path: Path) -> None:
-    with OutageSite(tmp_path / "site") as site:
+@pytest.mark.parametrize("destination_type", ["stow-rs", "orthanc-rest"])
+def test_short_outage_of_an_http_destination(tmp_path: Path, destination_type: str) -> None:
+    # The same recovery through DICOMweb and Orthanc's REST API (probes: a QIDO GET, GET /system).
+    _outage(tmp_path, 15, destination_type)
+
+
+@pytest.mark.parametrize("destination_type", ["dimse", "stow-rs", "orthanc-rest"])
+def test_result_sets_go_seg_sc_sr_one_after_another_when_the_pacs_is_up(tmp_path: Path, destination_type: str) -> None:
+    with OutageSite(tmp_path / "site", destination_type=destination_type) as site:
         for n in range(SETS):
             site.record_result_set(make_results(tmp_path / f"results-{n}"))
         site.wait_all_sent(120)
