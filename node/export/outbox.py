@@ -185,8 +185,9 @@ class Outbox:
                 since = row["waiting_since"]
                 if since is not None and gave_up(float(since), t, self.policy):
                     self._dead(conn, row["id"], f"gave up after waiting {_duration(t - float(since))}: {reason}")
-                elif row["state"] == "pending":
-                    self._transition(conn, row["id"], "pending", "retry", reason)
+                elif row["state"] == "pending" or since is None:
+                    if row["state"] == "pending":
+                        self._transition(conn, row["id"], "pending", "retry", reason)
                     conn.execute(
                         """UPDATE deliveries SET waiting_since = COALESCE(waiting_since, ?), last_error = ?,
                                next_attempt_at = ? WHERE id = ?""",
