@@ -111,7 +111,9 @@ REFUSED_AT_ONCE = "connection refused at once (nothing listens on that port: the
 
 
 def timed_out(timeout_s: float, what: str = "connecting") -> str:
-    return f"timed out {what} after {timeout_s:g} s (host down or unreachable, or a firewall drops the packets)"
+    if what == "connecting":
+        return f"timed out connecting after {timeout_s:g} s (host down or unreachable, or a firewall drops packets)"
+    return f"timed out {what} after {timeout_s:g} s (the server is overloaded or stuck)"
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
