@@ -114,6 +114,14 @@ class LocalOrthanc:
         stop_process(self.process, timeout_s=15)
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a hard maintenance stop would: ``start()`` brings it back on the same
+        ports and storage."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def __enter__(self) -> LocalOrthanc:
         return self if self.process is not None else self.start()
 
@@ -152,6 +160,25 @@ class LocalOrthanc:
                 self.upload(p)
                 count += 1
         return count
+
+    def new_instances(self) -> list[dict[str, Any]]:
+        """Orthanc's own record of arrivals, in its order: [{"seq", "date" (UTC, s), "sop_instance_uid"}].
+
+        From ``/changes`` (NewInstance events, by sequence number) and each instance's main tags.
+        """
+        changes: list[dict[str, Any]] = []
+        since = 0
+        while True:
+            page = self.get(f"/changes?since={since}&limit=1000")
+            changes += [c for c in page["Changes"] if c["ChangeType"] == "NewInstance"]
+            since = int(page["Last"])
+            if page["Done"]:
+                break
+        out = []
+        for change in changes:
+            tags = self.get(f"/instances/{change['ID']}")["MainDicomTags"]
+            out.append({"seq": change["Seq"], "date": change["Date"], "sop_instance_uid": tags["SOPInstanceUID"]})
+        return out
 
     def instance_count(self) -> int:
         return int(self.get("/statistics")["CountInstances"])

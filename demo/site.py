@@ -69,7 +69,7 @@ def demo_config(workdir: Path, orthanc: LocalOrthanc, node_port: int, http_port:
             "storage": {"data_dir": str(workdir / "node-data"), "min_free_disk_mb": 256},
             "completeness": {"quiet_period_s": 30, "settle_s": 2, "check_interval_s": 0.5},
             "workers": {"processes": 1},
-            "delivery": {"check_interval_s": 0.5, "retry": {"base_delay_s": 2, "max_delay_s": 30}},
+            "delivery": {"check_interval_s": 0.5, "retry": {"base_delay_s": 1, "max_delay_s": 5}},
             "logging": {"level": "WARNING", "format": "console"},
             "destinations": {
                 "pacs": {"type": "dimse", "ae_title": PACS_AET, "host": "127.0.0.1", "port": orthanc.dicom_port,

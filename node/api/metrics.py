@@ -18,10 +18,16 @@ from prometheus_client.registry import Collector
 from node import metrics
 from node.index import queries
 from node.index.db import Database, now
+from node.index.health import health_rows
 from node.index.states import DeliveryState, JobState, SeriesState
 
 log = structlog.get_logger(__name__)
 
+_UP = ("ainode_destination_up", "1 while the destination answers, 0 while it is down and probed")
+_OLDEST_DELIVERY = (
+    "ainode_oldest_waiting_delivery_age_seconds",
+    "Age of the oldest delivery not yet sent to the destination (0: none waiting)",
+)
 JOB_DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 stow_requests = Counter(
@@ -46,6 +52,8 @@ class IndexCollector(Collector):
             GaugeMetricFamily("ainode_job_queue_depth", "Jobs waiting for a worker"),
             GaugeMetricFamily("ainode_delivery_queue_depth", "Deliveries waiting to be sent (pending or retry)"),
             GaugeMetricFamily("ainode_oldest_queued_job_age_seconds", "Age of the oldest queued job (0: none)"),
+            GaugeMetricFamily(_UP[0], _UP[1], labels=["destination"]),
+            GaugeMetricFamily(_OLDEST_DELIVERY[0], _OLDEST_DELIVERY[1], labels=["destination"]),
             HistogramMetricFamily(
                 "ainode_job_duration_seconds", "Wall time of finished jobs", labels=["pipeline", "outcome"]
             ),
@@ -87,7 +95,21 @@ class IndexCollector(Collector):
         yield GaugeMetricFamily(
             "ainode_oldest_queued_job_age_seconds", "Age of the oldest queued job (0: none)", value=age
         )
+        yield from self._destinations()
         yield self._durations()
+
+    def _destinations(self) -> Iterator[Metric]:
+        health = health_rows(self.db)
+        up = GaugeMetricFamily(*_UP, labels=["destination"])
+        for h in health:
+            up.add_metric([h.destination], 1.0 if h.up else 0.0)
+        yield up
+        t = now()
+        oldest = queries.oldest_unsent_delivery_by_destination(self.db)
+        age = GaugeMetricFamily(*_OLDEST_DELIVERY, labels=["destination"])
+        for name in sorted({h.destination for h in health} | set(oldest)):
+            age.add_metric([name], max(0.0, t - oldest[name]) if name in oldest else 0.0)
+        yield age
 
     def _durations(self) -> HistogramMetricFamily:
         rows = queries.job_duration_histogram(self.db, JOB_DURATION_BUCKETS)

@@ -5,6 +5,8 @@ generation that was not superseded — so an operator re-run replaces the earlie
 
 Status, by precedence: receiving (a series still arriving) > running > queued > failed (a current
 job failed or a delivery is dead) > done > not_routed (complete, but no rule chose a pipeline).
+A study whose results wait for a destination that is down lists it in ``waiting_for`` (since when,
+and the destination's last error): the page shows "waiting for PACS since HH:MM".
 Nodule count and highest malignancy probability come from the ``findings`` of the current done
 jobs of ``http.findings_pipelines``; a study none of those ran on has no count (shown as "—"),
 which is not the same as zero nodules.
@@ -20,6 +22,7 @@ from typing import Any
 from node.config import HttpConfig
 from node.index import queries
 from node.index.db import Database
+from node.index.health import Health, health_rows
 from node.index.states import DeliveryState, JobState, SeriesState
 
 STATUSES = ("receiving", "running", "queued", "failed", "done", "not_routed")
@@ -64,6 +67,7 @@ def build_worklist(db: Database, config: HttpConfig, flt: WorklistFilter | None 
     deliveries_by_study: dict[str, list[Any]] = defaultdict(list)
     for d in found.deliveries:
         deliveries_by_study[d["study_uid"]].append(d)
+    down = {h.destination: h for h in health_rows(db) if not h.up}
 
     rows = []
     for study in found.studies:
@@ -73,6 +77,7 @@ def build_worklist(db: Database, config: HttpConfig, flt: WorklistFilter | None 
             jobs_by_study[study["study_uid"]],
             deliveries_by_study[study["study_uid"]],
             config,
+            down,
         )
         if flt.status and row["status"] != flt.status:
             continue
@@ -82,8 +87,31 @@ def build_worklist(db: Database, config: HttpConfig, flt: WorklistFilter | None 
     return rows
 
 
+def _waiting_for(deliveries: list[Any], down: dict[str, Health]) -> list[dict[str, Any]]:
+    """Destinations that are down and hold results of this study: since when they wait, and why."""
+    out = []
+    for name in sorted(
+        {d["destination"] for d in deliveries if d["state"] in (DeliveryState.PENDING, DeliveryState.RETRY)} & set(down)
+    ):
+        starts = [d["waiting_since"] for d in deliveries if d["destination"] == name and d["waiting_since"]]
+        out.append(
+            {
+                "destination": name,
+                "since": min(starts) if starts else down[name].since,
+                "destination_down_since": down[name].since,
+                "reason": down[name].last_error or "",
+            }
+        )
+    return out
+
+
 def _study_row(
-    study: Any, series: list[Any], jobs: list[Any], deliveries: list[Any], config: HttpConfig
+    study: Any,
+    series: list[Any],
+    jobs: list[Any],
+    deliveries: list[Any],
+    config: HttpConfig,
+    down: dict[str, Health],
 ) -> dict[str, Any]:
     states = {j["state"] for j in jobs}
     dead = [d for d in deliveries if d["state"] == DeliveryState.DEAD]
@@ -153,6 +181,8 @@ def _study_row(
         "deliveries_by_state": {
             st: sum(1 for d in deliveries if d["state"] == st) for st in sorted({d["state"] for d in deliveries})
         },
+        # Results ready but held while their PACS is down (shown as "waiting for PACS since HH:MM").
+        "waiting_for": _waiting_for(deliveries, down),
         "viewer_url": config.viewer_url_template.format(study_uid=study["study_uid"]),
     }
     if config.show_patient_identity:

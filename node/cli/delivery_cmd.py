@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from node.cli.serve_cmd import add_config_arguments, open_index
 from node.index import queries
@@ -17,15 +18,28 @@ def _deliveries(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    from node.index.health import health_rows
+
+    for health in health_rows(db):
+        if not health.up:
+            print(
+                f"{health.destination}: down since {_clock(health.since)}, {health.failed_probes} failed probe(s), "
+                f"next probe at {_clock(health.next_probe_at or health.since, seconds=True)}: {health.last_error}"
+            )
     if not rows:
         print("no deliveries")
     for r in rows:
         error = f"  {r['last_error']}" if r["last_error"] else ""
+        waiting = f" waiting since {_clock(r['waiting_since'])}" if r["waiting_since"] and r["state"] == "retry" else ""
         print(
             f"{r['id']:6}  job {r['job_id']:<5} {r['kind']:4} -> {r['destination']:12} {r['state']:8} "
-            f"attempts {r['attempts']}{error}"
+            f"attempts {r['attempts']}{waiting}{error}"
         )
     return 0
+
+
+def _clock(at: float, *, seconds: bool = False) -> str:
+    return time.strftime("%H:%M:%S" if seconds else "%H:%M", time.localtime(at))
 
 
 def _retry(args: argparse.Namespace) -> int:

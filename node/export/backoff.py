@@ -1,13 +1,18 @@
-"""Retry schedule for transient delivery failures: exponential backoff with full jitter.
+"""Retry schedule for transient delivery failures: capped exponential backoff with full jitter.
 
 delay(attempt) = uniform(0, min(max_delay, base * 2**(attempt-1)))  — "full jitter" (AWS architecture
-blog, 2015): spreads retries of many deliveries that failed together so they do not hit a recovering
-PACS in lockstep. Pure: give it a ``random.Random`` and it is deterministic.
+blog, 2015): spreads the probes of many nodes that saw one PACS go down so they do not hit it in
+lockstep when it recovers. The cap is the promise of the design: however long an outage lasts, the
+next try is never more than ``max_delay_s`` away, so results reach a PACS that came back within one
+cap (plus the send). Giving up is a matter of age (``give_up_after_s``), not of attempt count: a long
+maintenance window must not turn waiting results into dead ones.
+Pure: give it a ``random.Random`` and it is deterministic.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,11 +20,28 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base_delay_s: float = Field(default=5.0, gt=0, description="Ceiling of the first retry's delay.")
-    max_delay_s: float = Field(default=900.0, gt=0, description="No retry waits longer than this.")
-    max_attempts: int = Field(
-        default=12, ge=1, description="Attempts in all (the first one included); then the delivery is dead."
+    base_delay_s: float = Field(default=1.0, gt=0, description="Ceiling of the first probe/retry delay.")
+    # 10 s: results reach a PACS that came back within about 10 s (one probe interval + the send); one
+    # C-ECHO every few seconds is no load for a PACS, down or up.
+    max_delay_s: float = Field(
+        default=10.0, gt=0, le=3600, description="No probe or retry waits longer than this, however long the outage."
     )
+    give_up_after_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="A delivery still failing transiently this long after its first failure is dead.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _attempt_count_is_gone(cls, data: Any) -> Any:
+        # Sites upgrading with the old key get the reason, not just "extra inputs are not permitted".
+        if isinstance(data, dict) and "max_attempts" in data:
+            raise ValueError(
+                "max_attempts was replaced by give_up_after_s: transient failures are retried until they are "
+                "this old (default 86400 s), whatever the number of attempts"
+            )
+        return data
 
     @model_validator(mode="after")
     def _max_not_below_base(self) -> RetryPolicy:
@@ -37,9 +59,11 @@ def backoff_ceiling(attempt: int, policy: RetryPolicy) -> float:
     return float(min(policy.max_delay_s, policy.base_delay_s * (2.0**exponent)))
 
 
-def next_retry_delay(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float | None:
-    """Seconds to wait after failed attempt ``attempt`` (1-based), or None when no attempt is left."""
-    if attempt >= policy.max_attempts:
-        return None
-    ceiling = backoff_ceiling(attempt, policy)
-    return (rng or random.Random()).uniform(0.0, ceiling)
+def next_retry_delay(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based): never more than ``max_delay_s``."""
+    return (rng or random.Random()).uniform(0.0, backoff_ceiling(attempt, policy))
+
+
+def gave_up(waiting_since: float, at: float, policy: RetryPolicy) -> bool:
+    """True when a delivery failing transiently since ``waiting_since`` is too old to keep waiting at ``at``."""
+    return at - waiting_since >= policy.give_up_after_s

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from node.dimse_status import (
 )
 from node.errors import DeliveryError
 from node.export.destinations import DeliveryReport, FileOutcome
-from node.export.failures import Outcome, classify_store_status
+from node.export.failures import Outcome, classify_store_status, diagnose_tcp_connect, timed_out
 
 # Identifiers of C-FIND/C-MOVE/N-* can carry patient data; pynetdicom must never log them.
 _config.LOG_REQUEST_IDENTIFIERS = False
@@ -140,6 +141,7 @@ class DimseDestination:
         tls_args = None
         if self.config.tls is not None:
             tls_args = (self.config.tls.ssl_context(), self.config.tls.server_hostname or self.config.host)
+        started = time.monotonic()
         assoc = ae.associate(
             self.config.host,
             self.config.port,
@@ -149,7 +151,7 @@ class DimseDestination:
         )
         try:
             if not assoc.is_established:
-                raise self._association_failure(assoc, events, contexts)
+                raise self._association_failure(assoc, events, contexts, time.monotonic() - started)
             yield assoc, events
         finally:
             if assoc.is_established:
@@ -157,7 +159,11 @@ class DimseDestination:
             ae.shutdown()
 
     def _association_failure(
-        self, assoc: Association, events: _AssociationEvents, contexts: Sequence[tuple[UID, UID]]
+        self,
+        assoc: Association,
+        events: _AssociationEvents,
+        contexts: Sequence[tuple[UID, UID]],
+        elapsed_s: float,
     ) -> DeliveryError:
         rsp = events.association_response
         if self.config.tls is not None and not assoc.is_rejected:
@@ -168,9 +174,7 @@ class DimseDestination:
                 return tls_error
         if not events.connected:
             return DeliveryError(
-                f"cannot connect to {self._peer}: connection refused or timed out "
-                f"after {self.config.timeout_s:g} s (peer down or unreachable); will retry",
-                permanent=False,
+                f"cannot connect to {self._peer}: {self._connect_failure(elapsed_s)}; will retry", permanent=False
             )
         if assoc.is_rejected and rsp is not None:
             transient = rsp.result == AssociateRejectResult.REJECTED_TRANSIENT or (
@@ -198,6 +202,15 @@ class DimseDestination:
                 permanent=True,
             )
         return DeliveryError(f"association with {self._peer} aborted during negotiation; will retry", permanent=False)
+
+    def _connect_failure(self, elapsed_s: float) -> str:
+        """What happened to a TCP connection that pynetdicom could not open, in ``elapsed_s``."""
+        timeout = self.config.timeout_s
+        if elapsed_s >= 0.9 * timeout:
+            return timed_out(timeout)
+        # It failed at once; one quick connection of our own tells refused from unreachable.
+        reason = diagnose_tcp_connect(self.config.host, self.config.port, min(timeout, 2.0))
+        return reason or f"connection failed after {elapsed_s:.1f} s (the port answers now: peer restarting?)"
 
     def _tls_diagnosis(self) -> DeliveryError | None:
         """A permanent error if a TLS handshake with the peer fails on certificates; None otherwise."""
@@ -246,6 +259,10 @@ class DimseDestination:
                 files.append(probed)
         # Normally one association; more only when the files span more than 128 context pairs.
         for chunk in _chunk_by_contexts(files):
+            waiting = next((o for o in outcomes if not o.delivered and o.permanent is False), None)
+            if waiting is not None:
+                outcomes.extend(_not_attempted(chunk, waiting.path.name))
+                continue
             outcomes.extend(self._send_chunk(chunk, nothing_delivered_yet=not any(o.delivered for o in outcomes)))
         # Report in the caller's order (unreadable files were set aside before sending).
         position = {Path(p): i for i, p in reversed(list(enumerate(paths)))}
@@ -331,18 +348,20 @@ class DimseDestination:
             verdict = classify_store_status(int(code))
             if verdict.outcome is Outcome.DELIVERED:
                 run.outcomes.append(FileOutcome.success(f.path, f.sop_instance_uid, verdict.explanation))
-            else:
-                run.outcomes.append(
-                    FileOutcome.failure(
-                        f.path,
-                        f.sop_instance_uid,
-                        f"{verdict.explanation} [{self._peer}]",
-                        permanent=verdict.outcome is Outcome.PERMANENT,
-                    )
+                continue
+            run.outcomes.append(
+                FileOutcome.failure(
+                    f.path,
+                    f.sop_instance_uid,
+                    f"{verdict.explanation} [{self._peer}]",
+                    permanent=verdict.outcome is Outcome.PERMANENT,
                 )
-                self._log.warning(
-                    "dimse_store_failed", sop_instance_uid=f.sop_instance_uid, status=f"0x{int(code):04X}"
-                )
+            )
+            self._log.warning("dimse_store_failed", sop_instance_uid=f.sop_instance_uid, status=f"0x{int(code):04X}")
+            if verdict.outcome is Outcome.TRANSIENT:
+                # The order of a result set holds at the PACS: nothing after an object that must be retried.
+                run.outcomes.extend(_not_attempted(files[index + 1 :], f.path.name))
+                return run
         return run
 
 
@@ -357,6 +376,11 @@ def _abort_received(assoc: Association, events: _AssociationEvents) -> A_ABORT |
         return queued
     assoc.join(timeout=2.0)  # the reactor ends right after an abort; bounded in case it does not
     return events.abort
+
+
+def _not_attempted(files: Sequence[_File], failed_name: str) -> list[FileOutcome]:
+    reason = f"not sent: {failed_name}, before it in the same set, failed and is retried first; will retry"
+    return _fail_all(files, reason, permanent=False)
 
 
 def _fail_all(files: Sequence[_File], reason: str, *, permanent: bool) -> list[FileOutcome]:

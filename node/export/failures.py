@@ -13,6 +13,8 @@ refusals, SOP class or transfer syntax not supported. Retrying those forever onl
 from __future__ import annotations
 
 import enum
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -101,3 +103,59 @@ def describe_http_status(status_code: int, url: str) -> str:
     if hint is None:
         hint = "server error; will retry" if status_code >= 500 else "request refused"
     return f"HTTP {status_code} {phrase} from {url}: {hint}"
+
+
+# --- what happened when a connection failed --------------------------------------------------------
+
+REFUSED_AT_ONCE = "connection refused at once (nothing listens on that port: the peer is down or restarting)"
+
+
+def timed_out(timeout_s: float, what: str = "connecting") -> str:
+    if what == "connecting":
+        return f"timed out connecting after {timeout_s:g} s (host down or unreachable, or a firewall drops packets)"
+    return f"timed out {what} after {timeout_s:g} s (the server is overloaded or stuck)"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps: __cause__/__context__, urllib3's ``reason``, exceptions in args."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        reason = getattr(current, "reason", None)
+        wrapped = [current.__cause__, current.__context__, reason, *current.args]
+        todo += [w for w in wrapped if isinstance(w, BaseException)]
+
+
+def describe_connect_error(exc: BaseException, timeout_s: float) -> str:
+    """Refused at once vs timed out after N s vs the operating system's reason, from an exception chain."""
+    causes = list(_causes(exc))
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return REFUSED_AT_ONCE
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return f"the host name does not resolve ({next(c for c in causes if isinstance(c, socket.gaierror))})"
+    if any(isinstance(c, TimeoutError) for c in causes):
+        return timed_out(timeout_s)
+    for c in causes:
+        if isinstance(c, OSError) and c.errno is not None and c.strerror:
+            return f"connection failed at once: {c.strerror}"
+    if "connection refused" in str(exc).lower():
+        return REFUSED_AT_ONCE
+    return f"connection failed: {exc}"
+
+
+def diagnose_tcp_connect(host: str, port: int, timeout_s: float) -> str | None:
+    """Why a TCP connection to host:port fails right now, or None when it succeeds.
+
+    pynetdicom logs the socket error of a failed association but does not return it: one connection
+    attempt of our own names it (refused at once, unreachable network, unknown host).
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return describe_connect_error(exc, timeout_s)

@@ -18,7 +18,7 @@ from pyorthanc import Orthanc
 from node.config.destinations import OrthancRestDestinationConfig
 from node.errors import DeliveryError
 from node.export.destinations import DeliveryReport, FileOutcome
-from node.export.failures import describe_http_status, http_status_is_transient
+from node.export.failures import describe_connect_error, describe_http_status, http_status_is_transient, timed_out
 
 
 class OrthancRestDestination:
@@ -44,15 +44,20 @@ class OrthancRestDestination:
             try:
                 response = client.get_system()
             except httpx.HTTPError as exc:
-                raise _transport_failure(exc, self._url) from exc
+                raise _transport_failure(exc, self._url, self.config.timeout_s) from exc
         _raise_for_status(response, f"{self._url}/system")
 
     def send(self, paths: Sequence[Path]) -> DeliveryReport:
         outcomes: list[FileOutcome] = []
         url = f"{self._url}/instances"
         with self._client() as client:
-            for raw_path in paths:
+            for position, raw_path in enumerate(paths):
                 path = Path(raw_path)
+                waiting = next((o for o in outcomes if not o.delivered and o.permanent is False), None)
+                if waiting is not None:
+                    # The order of a result set holds at the PACS: nothing after an object to be retried.
+                    outcomes.extend(_not_attempted(paths[position:], waiting.path.name))
+                    break
                 try:
                     uid = str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPInstanceUID", "")) or None
                     content = path.read_bytes()
@@ -64,7 +69,7 @@ class OrthancRestDestination:
                 try:
                     response = client.post_instances(content=content)
                 except httpx.HTTPError as exc:
-                    error = _transport_failure(exc, self._url)
+                    error = _transport_failure(exc, self._url, self.config.timeout_s)
                     if not any(o.delivered for o in outcomes):
                         raise error from exc
                     outcomes.append(FileOutcome.failure(path, uid, str(error), permanent=error.permanent))
@@ -103,15 +108,25 @@ def _raise_for_status(response: object, url: str) -> None:
         )
 
 
-def _transport_failure(exc: httpx.HTTPError, url: str) -> DeliveryError:
+def _not_attempted(paths: Sequence[Path], failed_name: str) -> list[FileOutcome]:
+    reason = f"not sent: {failed_name}, before it in the same set, failed and is retried first; will retry"
+    return [FileOutcome.failure(Path(p), None, reason, permanent=False) for p in paths]
+
+
+def _transport_failure(exc: httpx.HTTPError, url: str, timeout_s: float) -> DeliveryError:
     """Classify an httpx exception that happened before any HTTP status arrived."""
     text = str(exc)
     if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in text:
         return DeliveryError(f"TLS verification of {url} failed ({text}): check tls.ca_file / verify", permanent=True)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return DeliveryError(f"invalid URL {url}: {text}", permanent=True)
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return DeliveryError(f"cannot connect to {url}: {timed_out(timeout_s)}; will retry", permanent=False)
     if isinstance(exc, httpx.TimeoutException):
-        return DeliveryError(f"timed out talking to {url}; will retry", permanent=False)
+        what = "waiting for the answer" if isinstance(exc, httpx.ReadTimeout) else "sending the request"
+        return DeliveryError(f"connected to {url}, then {timed_out(timeout_s, what)}; will retry", permanent=False)
     if isinstance(exc, httpx.ConnectError):
-        return DeliveryError(f"cannot connect to {url} (refused or unreachable); will retry", permanent=False)
+        return DeliveryError(
+            f"cannot connect to {url}: {describe_connect_error(exc, timeout_s)}; will retry", permanent=False
+        )
     return DeliveryError(f"HTTP request to {url} failed: {text}; will retry", permanent=False)

@@ -23,8 +23,10 @@ from node.export.destinations import DeliveryReport, FileOutcome
 from node.export.failures import (
     Outcome,
     classify_store_status,
+    describe_connect_error,
     describe_http_status,
     http_status_is_transient,
+    timed_out,
 )
 
 
@@ -77,7 +79,7 @@ class StowRsDestination:
                     timeout=self.config.timeout_s,
                 )
             except requests.RequestException as exc:
-                raise _request_failure(exc, url) from exc
+                raise _request_failure(exc, url, self.config.timeout_s) from exc
         if response.status_code >= 400:
             raise DeliveryError(
                 describe_http_status(response.status_code, url),
@@ -101,8 +103,29 @@ class StowRsDestination:
                 continue
             datasets.append(ds)
             path_of_uid[uid] = path
-        if datasets:
-            outcomes.update(self._store(datasets, path_of_uid, nothing_else=not outcomes))
+        # One request holds the set but its last object; that one (the SR of a result set, which references
+        # the others) follows in a second request once every object before it is stored: a server is free
+        # to store the parts of one request in any order, and a viewer must never see the SR alone.
+        head, last = (datasets[:-1], datasets[-1:]) if len(datasets) > 1 else (datasets, [])
+        if head:
+            outcomes.update(self._store(head, path_of_uid))
+        if last:
+            uid = str(last[0].SOPInstanceUID)
+            waiting = next((o for o in outcomes.values() if not o.delivered and o.permanent is False), None)
+            if waiting is not None:
+                reason = f"not sent: {waiting.path.name}, before it in the same set, failed and is retried first"
+                outcomes[path_of_uid[uid]] = FileOutcome.failure(
+                    path_of_uid[uid], uid, f"{reason}; will retry", permanent=False
+                )
+            elif not head:
+                outcomes.update(self._store(last, path_of_uid))
+            else:
+                try:
+                    outcomes.update(self._store(last, path_of_uid))
+                except DeliveryError as exc:  # the others are stored: this one failed on its own
+                    outcomes[path_of_uid[uid]] = FileOutcome.failure(
+                        path_of_uid[uid], uid, str(exc), permanent=exc.permanent
+                    )
         ordered = tuple(outcomes[Path(p)] for p in paths if Path(p) in outcomes)
         report = DeliveryReport(self.name, ordered)
         self._log.info(
@@ -113,10 +136,11 @@ class StowRsDestination:
         )
         return report
 
-    def _store(
-        self, datasets: list[Dataset], path_of_uid: dict[str, Path], *, nothing_else: bool
-    ) -> dict[Path, FileOutcome]:
+    def _store(self, datasets: list[Dataset], path_of_uid: dict[str, Path]) -> dict[Path, FileOutcome]:
+        """One STOW-RS request for ``datasets``; their outcomes (``path_of_uid`` may name more files)."""
         url = f"{self._url}/studies"
+        sent = {str(ds.SOPInstanceUID) for ds in datasets}
+        path_of_uid = {uid: path for uid, path in path_of_uid.items() if uid in sent}
         response_ds: Dataset | None = None
         with self._session() as session:
             try:
@@ -132,7 +156,7 @@ class StowRsDestination:
                         describe_http_status(status, url), permanent=not http_status_is_transient(status)
                     ) from exc
             except requests.RequestException as exc:
-                raise _request_failure(exc, url) from exc
+                raise _request_failure(exc, url, self.config.timeout_s) from exc
         return outcomes_from_stow_response(response_ds, path_of_uid, self._url)
 
 
@@ -191,14 +215,20 @@ def outcomes_from_stow_response(response: Dataset, path_of_uid: dict[str, Path],
     return outcomes
 
 
-def _request_failure(exc: requests.RequestException, url: str) -> DeliveryError:
+def _request_failure(exc: requests.RequestException, url: str, timeout_s: float) -> DeliveryError:
     """Classify a requests exception that happened before any HTTP status arrived."""
     if isinstance(exc, requests.exceptions.SSLError):
         return DeliveryError(f"TLS handshake with {url} failed ({exc}): check tls.ca_file / verify", permanent=True)
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
         return DeliveryError(f"invalid URL {url}: {exc}", permanent=True)
+    if isinstance(exc, requests.ConnectTimeout):
+        return DeliveryError(f"cannot connect to {url}: {timed_out(timeout_s)}; will retry", permanent=False)
     if isinstance(exc, requests.Timeout):
-        return DeliveryError(f"timed out talking to {url}; will retry", permanent=False)
+        return DeliveryError(
+            f"connected to {url}, then {timed_out(timeout_s, 'waiting for the answer')}; will retry", permanent=False
+        )
     if isinstance(exc, requests.ConnectionError):
-        return DeliveryError(f"cannot connect to {url} (refused or unreachable); will retry", permanent=False)
+        return DeliveryError(
+            f"cannot connect to {url}: {describe_connect_error(exc, timeout_s)}; will retry", permanent=False
+        )
     return DeliveryError(f"HTTP request to {url} failed: {exc}; will retry", permanent=False)

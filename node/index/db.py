@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from node.errors import StoreError
-from node.index.states import DeliveryState, JobState, SeriesState, sql_choices
+from node.index.states import DeliveryState, HealthState, JobState, SeriesState, sql_choices
 
 # The stages type their arguments with these names and never import sqlite3 themselves.
 Connection = sqlite3.Connection
@@ -23,7 +23,7 @@ Row = sqlite3.Row
 # "database is locked" and the like: worth another try after a pause.
 TransientIndexError = sqlite3.OperationalError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -123,16 +123,45 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at REAL NOT NULL,
     last_error TEXT,
     created_at REAL NOT NULL, updated_at REAL NOT NULL, sent_at REAL,
+    -- First transient failure of the current wait (NULL: not waiting); the dead letter goes by its age.
+    waiting_since REAL,
     UNIQUE (result_sop_instance_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id, destination);
 
 CREATE TABLE IF NOT EXISTS delivery_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
     from_state TEXT, to_state TEXT NOT NULL, at REAL NOT NULL, detail TEXT
 );
+
+-- One row per configured destination, kept by the outbox: is it answering? While it is down, one probe
+-- (C-ECHO / HTTP GET) on a capped backoff decides when it is back; its deliveries wait for that.
+CREATE TABLE IF NOT EXISTS destination_health (
+    destination TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ({sql_choices(HealthState)})),
+    since REAL NOT NULL,             -- when it entered this state
+    failed_probes INTEGER NOT NULL DEFAULT 0,
+    next_probe_at REAL,              -- while down
+    last_error TEXT,
+    updated_at REAL NOT NULL
+);
 """
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    # Schema 2 (issue 16): deliveries wait by age (waiting_since); destination_health and the
+    # deliveries_job index come from SCHEMA itself (CREATE ... IF NOT EXISTS).
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
+    if "waiting_since" not in columns:
+        conn.execute("ALTER TABLE deliveries ADD COLUMN waiting_since REAL")
+        # Deliveries waiting at the upgrade start their wait now.
+        conn.execute("UPDATE deliveries SET waiting_since = updated_at WHERE state = 'retry' AND waiting_since IS NULL")
+
+
+# version -> the step that brings an index of that version to the next one.
+MIGRATIONS = {1: _migrate_1_to_2}
 
 
 class Database:
@@ -144,11 +173,34 @@ class Database:
         path.parent.mkdir(parents=True, exist_ok=True)
         # executescript manages its own transaction (CREATE ... IF NOT EXISTS is idempotent).
         conn = self.connection()
+        self._migrate(conn)
         conn.executescript(SCHEMA)
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         # Random, created once with the index: job ids and series generations restart with a new index,
         # so result UIDs derive from this too (the PACS keeps the first object stored under a UID).
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('installation_id', ?)", (uuid.uuid4().hex,))
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring an index written by an older version up to SCHEMA_VERSION (each step one transaction)."""
+        has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        if not has_meta:
+            return  # a new index: SCHEMA creates the current version
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                version = int(row[0]) if row else SCHEMA_VERSION
+                if version >= SCHEMA_VERSION:
+                    conn.execute("COMMIT")
+                    return
+                if version not in MIGRATIONS:
+                    raise StoreError(f"index schema version {version} is unknown to this node ({SCHEMA_VERSION})")
+                MIGRATIONS[version](conn)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version + 1),))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def installation_id(self) -> str:
         """This index's random identity (see the schema set-up above)."""

@@ -50,18 +50,6 @@ def interrupted_delivery_ids(conn: Connection) -> list[int]:
     return [int(r["id"]) for r in rows]
 
 
-def due_deliveries(db: Database, t: float, limit: int) -> list[Row]:
-    """Pending or retry deliveries due by ``t``, oldest first: ``id``, ``destination``, ``attempts`` and the
-    result's ``path`` and ``sop_instance_uid``."""
-    return db.query(
-        """SELECT d.id, d.destination, d.attempts, r.path, r.sop_instance_uid
-           FROM deliveries d JOIN results r ON r.sop_instance_uid = d.result_sop_instance_uid
-           WHERE d.state IN (?, ?) AND d.next_attempt_at <= ?
-           ORDER BY d.id LIMIT ?""",
-        (DeliveryState.PENDING, DeliveryState.RETRY, t, limit),
-    )
-
-
 def set_next_attempt(conn: Connection, delivery_id: int, at: float) -> None:
     conn.execute("UPDATE deliveries SET next_attempt_at = ? WHERE id = ?", (at, delivery_id))
 
@@ -71,21 +59,107 @@ def count_attempt(conn: Connection, delivery_id: int) -> None:
 
 
 def mark_sent_at(conn: Connection, delivery_id: int, t: float) -> None:
-    conn.execute("UPDATE deliveries SET sent_at = ?, last_error = NULL WHERE id = ?", (t, delivery_id))
+    conn.execute(
+        "UPDATE deliveries SET sent_at = ?, last_error = NULL, waiting_since = NULL WHERE id = ?", (t, delivery_id)
+    )
 
 
 def set_last_error(conn: Connection, delivery_id: int, error: str) -> None:
     conn.execute("UPDATE deliveries SET last_error = ? WHERE id = ?", (error[:2000], delivery_id))
 
 
-def schedule_retry(conn: Connection, delivery_id: int, at: float, error: str) -> None:
+def schedule_retry(conn: Connection, delivery_id: int, at: float, error: str, waiting_since: float) -> None:
+    """Due again at ``at``; ``waiting_since``: when its failures began (the dead-letter decision goes by age)."""
     conn.execute(
-        "UPDATE deliveries SET next_attempt_at = ?, last_error = ? WHERE id = ?", (at, error[:2000], delivery_id)
+        "UPDATE deliveries SET next_attempt_at = ?, last_error = ?, waiting_since = ? WHERE id = ?",
+        (at, error[:2000], waiting_since, delivery_id),
     )
 
 
 def reset_for_operator_retry(conn: Connection, delivery_id: int, t: float) -> None:
-    """Attempts start again from zero, due now."""
+    """Attempts start again from zero, due now, no longer waiting."""
     conn.execute(
-        "UPDATE deliveries SET attempts = 0, next_attempt_at = ?, last_error = NULL WHERE id = ?", (t, delivery_id)
+        """UPDATE deliveries SET attempts = 0, next_attempt_at = ?, last_error = NULL, waiting_since = NULL
+           WHERE id = ?""",
+        (t, delivery_id),
+    )
+
+
+# --- result sets and destinations that are down (issue 16) ----------------------------------------
+_WAITING = (DeliveryState.PENDING, DeliveryState.RETRY)
+
+
+def delivery_destination(conn: Connection, delivery_id: int) -> str:
+    return str(conn.execute("SELECT destination FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0])
+
+
+def destinations_with_waiting_deliveries(db: Database) -> set[str]:
+    """Destinations that have pending or retry deliveries (due or not)."""
+    rows = db.query("SELECT DISTINCT destination FROM deliveries WHERE state IN (?, ?)", _WAITING)
+    return {str(r["destination"]) for r in rows}
+
+
+def waiting_delivery_ids(conn: Connection, destination: str) -> list[int]:
+    rows = conn.execute(
+        "SELECT id FROM deliveries WHERE destination = ? AND state IN (?, ?)", (destination, *_WAITING)
+    ).fetchall()
+    return [int(r["id"]) for r in rows]
+
+
+def release_waiting(conn: Connection, destination: str, t: float) -> int:
+    """The destination is back: everything that waited for it is due at ``t``. Returns how many."""
+    cursor = conn.execute(
+        "UPDATE deliveries SET next_attempt_at = ? WHERE destination = ? AND state IN (?, ?)",
+        (t, destination, *_WAITING),
+    )
+    return int(cursor.rowcount)
+
+
+_TO_MARK_WAITING = """SELECT id, state, waiting_since FROM deliveries
+    WHERE destination = ? AND state IN (?, ?)
+      AND (state = ? OR waiting_since IS NULL OR waiting_since <= ?)"""
+
+
+def _to_mark_waiting_params(destination: str, waited_before: float) -> tuple[object, ...]:
+    return (destination, *_WAITING, DeliveryState.PENDING, waited_before)
+
+
+def any_to_mark_waiting(db: Database, destination: str, waited_before: float) -> bool:
+    """Read-only check (no write lock): does :func:`to_mark_waiting` have rows?"""
+    return bool(db.query(_TO_MARK_WAITING, _to_mark_waiting_params(destination, waited_before)))
+
+
+def to_mark_waiting(conn: Connection, destination: str, waited_before: float) -> list[Row]:
+    """Deliveries of a down destination that are new (pending), not yet waiting, or waiting since before
+    ``waited_before`` (candidates for the dead letter): ``id``, ``state``, ``waiting_since``."""
+    return list(conn.execute(_TO_MARK_WAITING, _to_mark_waiting_params(destination, waited_before)).fetchall())
+
+
+def start_waiting(conn: Connection, delivery_id: int, t: float, reason: str, next_attempt_at: float) -> None:
+    """The delivery waits for its destination (since ``t`` unless it already waited)."""
+    conn.execute(
+        """UPDATE deliveries SET waiting_since = COALESCE(waiting_since, ?), last_error = ?, next_attempt_at = ?
+           WHERE id = ?""",
+        (t, reason[:2000], next_attempt_at, delivery_id),
+    )
+
+
+def jobs_with_due_deliveries(db: Database, destination: str, t: float, limit: int) -> list[int]:
+    """Jobs (oldest first) with a delivery to ``destination`` due by ``t``: each is one result set."""
+    rows = db.query(
+        """SELECT DISTINCT job_id FROM deliveries
+           WHERE destination = ? AND state IN (?, ?) AND next_attempt_at <= ?
+           ORDER BY job_id LIMIT ?""",
+        (destination, *_WAITING, t, limit),
+    )
+    return [int(r["job_id"]) for r in rows]
+
+
+def waiting_set(db: Database, job_id: int, destination: str) -> list[Row]:
+    """The job's waiting deliveries to ``destination``: ``id``, ``waiting_since``, the result's ``path``, ``kind``."""
+    return db.query(
+        """SELECT d.id, d.waiting_since, r.path, r.kind
+           FROM deliveries d JOIN results r ON r.sop_instance_uid = d.result_sop_instance_uid
+           WHERE d.job_id = ? AND d.destination = ? AND d.state IN (?, ?)""",
+        (job_id, destination, *_WAITING),
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.index.db import Database, Row
-from node.index.states import JobState
+from node.index.states import DeliveryState, JobState
 
 MAX_LIMIT = 500
 
@@ -175,12 +175,27 @@ def recent_jobs(db: Database, limit: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+def oldest_unsent_delivery_by_destination(db: Database) -> dict[str, float]:
+    """``{destination: created_at}`` of its oldest delivery not yet sent (pending, retry or sending)."""
+    rows = db.query(
+        """SELECT destination, MIN(created_at) AS t FROM deliveries
+           WHERE state IN (?, ?, ?) GROUP BY destination""",
+        (DeliveryState.PENDING, DeliveryState.RETRY, DeliveryState.SENDING),
+    )
+    return {str(r["destination"]): float(r["t"]) for r in rows}
+
+
+def all_deliveries(db: Database) -> list[dict[str, Any]]:
+    """Every delivery row, oldest first (harnesses and tests that follow one run)."""
+    return [dict(r) for r in db.query("SELECT * FROM deliveries ORDER BY id")]
+
+
 def deliveries_with_kind(db: Database, state: str | None, limit: int) -> list[dict[str, Any]]:
     """Newest deliveries with their result's kind (SEG, SR, SC), optionally of one state (`ainode deliveries`)."""
     where, params = ("WHERE d.state = ?", (state,)) if state else ("", ())
     rows = db.query(
         f"""SELECT d.id, d.job_id, d.destination, d.state, d.attempts, d.last_error, r.kind,
-                   d.result_sop_instance_uid
+                   d.result_sop_instance_uid, d.waiting_since
             FROM deliveries d JOIN results r ON r.sop_instance_uid = d.result_sop_instance_uid
             {where} ORDER BY d.id DESC LIMIT ?""",
         (*params, limit),
@@ -220,7 +235,7 @@ def worklist_rows(db: Database, study_uid: str | None = None) -> WorklistRows:
         (JobState.SUPERSEDED, *params),
     )
     deliveries = db.query(
-        f"""SELECT d.id, d.state, d.destination, d.last_error, d.job_id, j.study_uid
+        f"""SELECT d.id, d.state, d.destination, d.last_error, d.job_id, d.waiting_since, j.study_uid
             FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE 1 {job_where}""",
         params,
     )

@@ -36,6 +36,13 @@ class DeliveryState(enum.StrEnum):
     DEAD = "dead"
 
 
+class HealthState(enum.StrEnum):
+    """``destination_health.state``: a destination answering (up) or failing transiently (down, probed)."""
+
+    UP = "up"
+    DOWN = "down"
+
+
 def sql_choices(states: type[enum.StrEnum]) -> str:
     """``'a', 'b'`` for a CHECK (state IN (...)) constraint."""
     return ", ".join(f"'{s.value}'" for s in states)

@@ -56,6 +56,10 @@ function row(study) {
   tr.append(el("td", { className: "probability", textContent: p === null ? "—" : `${(p * 100).toFixed(0)} %` }));
   tr.append(el("td", { textContent: formatAge(study.time_to_result_s) }));
   const failures = el("td", {});
+  for (const w of study.waiting_for || []) {
+    const since = new Date(w.since * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    failures.append(el("div", { className: "waiting", title: w.reason, textContent: `waiting for PACS ${w.destination} since ${since}` }));
+  }
   for (const f of study.failures) {
     const what = f.kind === "job" ? `job ${f.job_id} (${f.pipeline})` : `delivery ${f.delivery_id} to ${f.destination}`;
     failures.append(el("div", { className: "failure", textContent: `${what}: ${f.reason}` }));
