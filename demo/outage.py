@@ -68,7 +68,11 @@ class OutageSite:
 
     def __enter__(self) -> OutageSite:
         self.pacs.start()
-        self.node.start()
+        try:
+            self.node.start()
+        except BaseException:
+            self.pacs.stop()  # __exit__ does not run when __enter__ fails: no Orthanc left behind
+            raise
         return self
 
     def __exit__(

@@ -106,5 +106,22 @@ def add_dead_delivery(db: Database, job_id: int, destination: str = "pacs") -> i
     return int(cur.lastrowid or 0)
 
 
+def add_pending_delivery(db: Database, job_id: int, path: Path, destination: str = "pacs") -> int:
+    """A result object of ``job_id`` (any DICOM file) waiting to be sent to ``destination``."""
+    t = now()
+    sop_uid = f"2.25.{uuid.uuid4().int}"
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO results (sop_instance_uid, job_id, kind, path, created_at) VALUES (?, ?, 'SEG', ?, ?)",
+            (sop_uid, job_id, str(path), t),
+        )
+        cur = conn.execute(
+            """INSERT INTO deliveries (job_id, result_sop_instance_uid, destination, state, next_attempt_at,
+                   created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)""",
+            (job_id, sop_uid, destination, t, t, t),
+        )
+    return int(cur.lastrowid or 0)
+
+
 def spool_files(data_dir: Path) -> set[Path]:
     return {p for p in (data_dir / "spool").glob("*/*/*.dcm")}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -17,9 +18,9 @@ import pytest
 
 from demo.ct_factory import CANARY_PATIENT_NAME, make_ct_series
 from demo.node_process import NodeProcess
-from tests.api_support import SENDER, add_findings_job, stow
+from tests.api_support import SENDER, add_findings_job, add_pending_delivery, stow
 from tests.peers.dcmtk import storescu
-from tests.peers.net import wait_until
+from tests.peers.net import free_port, wait_until
 from tests.peers.ohif import REPO, run_browser_script
 
 pytestmark = [pytest.mark.peers, pytest.mark.needs("dcmtk", "chromium")]
@@ -39,7 +40,9 @@ def test_worklist_page_in_chromium(tmp_path: Path) -> None:
         "viewer_url_template": VIEWER_TEMPLATE,
         "refresh_interval_s": 2,
     }
-    with NodeProcess(tmp_path / "node", http=http) as node:
+    # A PACS that is down (nothing listens on its port): the flagged study's result waits for it.
+    down_pacs = {"type": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port(), "timeout_s": 5}
+    with NodeProcess(tmp_path / "node", {"destinations": {"pacs": down_pacs}}, http=http) as node:
         # A real DIMSE ingest (the study to be flagged) and a STOW-RS one (no findings).
         flagged_files = make_ct_series(tmp_path / "flagged", slices=8, rows=48, columns=48)
         first = pydicom.dcmread(flagged_files[0], stop_before_pixels=True)
@@ -64,7 +67,14 @@ def test_worklist_page_in_chromium(tmp_path: Path) -> None:
         for series in (flagged_series, plain_series):
             wait_until(lambda s=series: any(j["state"] == "done" for j in node.jobs(s)), 60, "series-summary job")
         # The lung-nodule result the AI would write: one finding above the 0.7 threshold.
-        add_findings_job(node.db(), flagged_series, [0.91, 0.35, 0.2])
+        job_id = add_findings_job(node.db(), flagged_series, [0.91, 0.35, 0.2])
+        add_pending_delivery(node.db(), job_id, flagged_files[0])
+
+        def waiting_for_pacs() -> bool:
+            rows = node.db().query("SELECT state, waiting_since FROM deliveries")
+            return bool(rows) and all(r["state"] == "retry" and r["waiting_since"] for r in rows)
+
+        wait_until(waiting_for_pacs, 30, "the result to wait for the PACS that is down")
 
         out = ARTIFACTS
         done = run_browser_script(
@@ -94,6 +104,8 @@ def test_worklist_page_in_chromium(tmp_path: Path) -> None:
     assert plain_study in plain_row["viewer_href"]
     assert CANARY_PATIENT_NAME in flagged["patient"]  # show_patient_identity is on for this node
     assert flagged["rerun_visible"]
+    assert re.fullmatch(r"waiting for PACS pacs since \d\d:\d\d", flagged["waiting"] or ""), flagged["waiting"]
+    assert plain_row["waiting"] is None
     assert seen["order"][:2] == [plain_study, flagged_study]  # newest first
     assert seen["filtered"] == [flagged_study]
     assert seen["rerun_message"].startswith("Re-run: accepted")

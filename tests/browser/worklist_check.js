@@ -65,6 +65,7 @@ async function main() {
         viewer_href: await row.locator("a.viewer-link").getAttribute("href"),
         patient: await row.locator(".patient").innerText(),
         rerun_visible: await row.locator("button.rerun").isVisible(),
+        waiting: await row.locator(".waiting").count() ? await row.locator(".waiting").innerText() : null,
       };
     };
     seen.flagged = await rowInfo(flaggedUid);

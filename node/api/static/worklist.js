@@ -57,7 +57,8 @@ function row(study) {
   tr.append(el("td", { textContent: formatAge(study.time_to_result_s) }));
   const failures = el("td", {});
   for (const w of study.waiting_for || []) {
-    const since = new Date(w.since * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const at = new Date(w.since * 1000);  // HH:MM, the viewer's local time, 24 h whatever the locale
+    const since = `${String(at.getHours()).padStart(2, "0")}:${String(at.getMinutes()).padStart(2, "0")}`;
     failures.append(el("div", { className: "waiting", title: w.reason, textContent: `waiting for PACS ${w.destination} since ${since}` }));
   }
   for (const f of study.failures) {
