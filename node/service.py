@@ -18,6 +18,7 @@ from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
 from node.export.destinations import build_destinations
 from node.export.outbox import Outbox
+from node.export.superseded import withdrawal_policies
 from node.receive.completeness import CompletenessMonitor
 from node.receive.scp import StorageSCP
 from node.route.planner import JobPlanner
@@ -52,6 +53,8 @@ class NodeService:
             build_destinations(dict(config.destinations)),
             config.delivery.retry,
             batch_size=config.delivery.batch_size,
+            withdrawals=withdrawal_policies(config.destinations),
+            results_root=self.spool.results_root,
         )
         self.http: HttpServer | None = None
         if config.http.enabled:

@@ -21,6 +21,7 @@ import structlog
 from node.errors import DeliveryError
 from node.export.backoff import RetryPolicy, next_retry_delay
 from node.export.destinations import Destination, FileOutcome
+from node.export.superseded import WithdrawalPolicy, delete_due, plan_withdrawals
 from node.store.db import Database, now
 
 log = structlog.get_logger(__name__)
@@ -42,12 +43,20 @@ class Outbox:
         *,
         batch_size: int = 64,
         rng: random.Random | None = None,
+        withdrawals: dict[str, WithdrawalPolicy] | None = None,
+        results_root: Path | None = None,
     ) -> None:
+        """``withdrawals``: the destinations whose superseded results are withdrawn (node/export/superseded.py),
+        with ``results_root``, the spool folder where rejection notes are written."""
+        if withdrawals and results_root is None:
+            raise ValueError("withdrawals need the results_root to write rejection notes in")
         self.db = db
         self.destinations = destinations
         self.policy = policy
         self.batch_size = batch_size
         self.rng = rng or random.Random()
+        self.withdrawals = withdrawals or {}
+        self.results_root = results_root
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,7 +74,7 @@ class Outbox:
     def _loop(self, interval_s: float) -> None:
         while not self._stop.is_set():
             try:
-                busy = self.deliver_due()
+                busy = self.deliver_due() + self.withdraw_superseded()
             except Exception:
                 log.exception("outbox_pass_failed")
                 busy = 0
@@ -101,6 +110,14 @@ class Outbox:
             attempted += len(rows)
             self._deliver_batch(name, rows)
         return attempted
+
+    def withdraw_superseded(self) -> int:
+        """Plan what newly delivered results supersede, and carry out due deletions. Rejection notes it plans
+        are ordinary deliveries, sent by the next ``deliver_due``. Returns planned + attempted."""
+        if not self.withdrawals or self.results_root is None:
+            return 0
+        planned = plan_withdrawals(self.db, self.withdrawals, self.results_root)
+        return planned + delete_due(self.db, self.destinations, self.policy, self.rng, batch_size=self.batch_size)
 
     def _deliver_batch(self, name: str, rows: list[_Due]) -> None:
         bound = log.bind(destination=name)
