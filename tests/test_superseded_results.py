@@ -27,7 +27,7 @@ from node.config import NodeConfig, parse_config
 from node.export.backoff import RetryPolicy
 from node.export.destinations import build_destinations
 from node.export.outbox import Outbox
-from node.export.superseded import withdrawal_policies
+from node.export.superseded import note_uid_seed, withdrawal_policies
 from node.store.db import Database, now
 from node.store.ingest import InstanceStore
 from node.store.spool import Spool
@@ -36,6 +36,7 @@ from node.work.worker import Worker, index_path
 from pipelines.base import CTVolume, PipelineResult
 from tests.dciodvfy import judge
 from tests.encode_helpers import two_nodules
+from tests.peers.net import wait_until
 from tests.peers.orthanc import OrthancPeer
 
 pytestmark = [pytest.mark.peers, pytest.mark.needs("philips-ct", "orthanc", "dciodvfy")]
@@ -71,7 +72,11 @@ class _Site:
         self.store = InstanceStore(self.db, self.spool, min_free_bytes=0)
         self.worker = Worker(self.config, "w1")
         self.worker._pipelines["lung-nodule"] = _DrawnNodules()  # type: ignore[assignment]  # duck-typed stand-in
-        self.outbox = Outbox(
+        self.outbox = self.start_outbox()
+
+    def start_outbox(self) -> Outbox:
+        """The outbox as the node builds it at start-up (a restart after a crash is a new one)."""
+        return Outbox(
             self.db,
             build_destinations(dict(self.config.destinations)),
             RetryPolicy(base_delay_s=0.1, max_delay_s=0.2, max_attempts=3),
@@ -191,11 +196,11 @@ def test_superseded_results_are_kept_rejected_or_deleted_as_each_destination_say
             ("rejects", "reject", "noted"),
         ]
         assert len(withdrawals) == 2 * len(old)
-        # Nothing more to plan: a later pass neither re-sends nor re-deletes.
-        assert site.outbox.withdraw_superseded() == 0
+        # Nothing more to plan, also after a restart: nothing is rejected or deleted twice.
+        assert site.start_outbox().withdraw_superseded() == 0
 
 
-def test_a_rejection_note_planned_again_after_a_crash_has_the_same_uid(tmp_path: Path) -> None:
+def test_withdrawals_survive_an_outage_and_a_crash_without_doing_anything_twice(tmp_path: Path) -> None:
     node_known = {"node": ("AINODE", "127.0.0.1", 1)}
     with (
         OrthancPeer(tmp_path / "keep", modalities=node_known) as keep,
@@ -208,18 +213,37 @@ def test_a_rejection_note_planned_again_after_a_crash_has_the_same_uid(tmp_path:
         site.drain_outbox()
         site.receive([_late_slice(tmp_path)])
         second = site.complete_and_run()
+        new = site.results_of(second)
         for _ in range(5):
             site.outbox.deliver_due()
+        # The Orthanc to delete from is down when the deletions become due: they wait for a retry.
+        delete.stop()
         assert site.outbox.withdraw_superseded() > 0
+        waiting = site.db.query("SELECT state, last_error FROM withdrawals WHERE method = 'delete'")
+        assert waiting and all(w["state"] == "retry" and "cannot connect" in w["last_error"] for w in waiting)
         [note_uid] = site.results_of(second, "KO")
-        # The node died before the plan's transaction committed: none of it is in the index.
+        # The node died before the rejection's transaction committed: none of it is in the index.
         with site.db.transaction() as conn:
-            conn.execute("DELETE FROM withdrawals")
+            conn.execute("DELETE FROM withdrawals WHERE method = 'reject'")
             conn.execute("DELETE FROM deliveries WHERE result_sop_instance_uid = ?", (note_uid,))
             conn.execute("DELETE FROM results WHERE sop_instance_uid = ?", (note_uid,))
-        assert site.outbox.withdraw_superseded() > 0
-        assert site.results_of(second, "KO") == {note_uid}
-        # A new installation (wiped data dir) never makes the same note: its seed has the installation id.
-        from node.export.superseded import note_uid_seed
+        restarted = site.start_outbox()
+        assert restarted.withdraw_superseded() > 0
+        assert site.results_of(second, "KO") == {note_uid}, "the note planned again is the same object"
+        delete.start()
 
+        def withdrawn() -> bool:
+            restarted.deliver_due()
+            restarted.withdraw_superseded()
+            states = {w["state"] for w in site.db.query("SELECT state FROM withdrawals")}
+            return states == {"noted", "deleted"} and _all_sent(site.db)
+
+        wait_until(withdrawn, 60, "the deletions and the note after Orthanc came back", interval_s=0.2)
+        assert set(_instances(delete)) == new - {note_uid}
+        assert note_uid in _instances(reject)
+        # Another installation (a wiped data dir, job ids from 1 again) never makes the same note.
         assert note_uid_seed("a" * 32, second) != note_uid_seed("b" * 32, second)
+
+
+def _all_sent(db: Database) -> bool:
+    return all(d["state"] == "sent" for d in db.query("SELECT state FROM deliveries"))

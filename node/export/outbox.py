@@ -57,6 +57,8 @@ class Outbox:
         self.rng = rng or random.Random()
         self.withdrawals = withdrawals or {}
         self.results_root = results_root
+        # Withdrawals become due only when a delivery is sent: plan at start, then after a pass that sent one.
+        self._plan_withdrawals = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -116,7 +118,10 @@ class Outbox:
         are ordinary deliveries, sent by the next ``deliver_due``. Returns planned + attempted."""
         if not self.withdrawals or self.results_root is None:
             return 0
-        planned = plan_withdrawals(self.db, self.withdrawals, self.results_root)
+        planned = 0
+        if self._plan_withdrawals:
+            planned = plan_withdrawals(self.db, self.withdrawals, self.results_root)
+            self._plan_withdrawals = False
         return planned + delete_due(self.db, self.destinations, self.policy, self.rng, batch_size=self.batch_size)
 
     def _deliver_batch(self, name: str, rows: list[_Due]) -> None:
@@ -151,6 +156,8 @@ class Outbox:
                     detail = outcome.detail if outcome else "no outcome reported by the destination"
                     permanent = bool(outcome.permanent) if outcome else False
                     self._fail(conn, row, permanent, detail)
+        if report.delivered:
+            self._plan_withdrawals = True
         bound.info("delivery_batch", sent=len(report.delivered), failed=len(report.failed))
 
     def _finish_all(self, rows: list[_Due], *, permanent: bool, reason: str) -> None:
