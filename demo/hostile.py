@@ -59,7 +59,8 @@ def crafted_store(
         _cx, rsp = assoc.dimse.get_msg(block=True)
     finally:
         assoc._reactor_checkpoint.set()
-    return None if rsp is None else int(rsp.Status)
+    status = None if rsp is None else rsp.Status
+    return None if status is None else int(status)
 
 
 def element_headers(body: bytes) -> list[tuple[int, bytes]]:

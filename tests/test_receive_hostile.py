@@ -194,6 +194,38 @@ def test_image_storage_without_a_decodable_image_is_refused(node: NodeProcess, t
     assert _store_one(node, c_store_body(pydicom.dcmread(path)), sop_uid) == StoreStatus.SUCCESS
 
 
+def _header_cases(path: Path) -> dict[str, bytes]:
+    """Image headers pydicom cannot decode the pixels of (found by benchmarks/outside_campaign.py)."""
+    cases: dict[str, bytes] = {}
+    body = c_store_body(pydicom.dcmread(path))
+    bits_stored = b"\x28\x00\x01\x01US"
+    assert body.count(bits_stored) == 1
+    cases["bits_stored_as_DA"] = body.replace(bits_stored, b"\x28\x00\x01\x01DA")
+    pixel_data = b"\xe0\x7f\x10\x00OW"
+    assert body.count(pixel_data) == 1
+    cases["pixel_data_as_UR"] = body.replace(pixel_data, b"\xe0\x7f\x10\x00UR")
+    for keyword in ("SamplesPerPixel", "BitsStored", "PixelRepresentation", "PhotometricInterpretation"):
+        ds = pydicom.dcmread(path)
+        delattr(ds, keyword)
+        cases[f"no_{keyword}"] = c_store_body(ds)
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "MONOCHROME9"
+    cases["unknown_photometric"] = c_store_body(ds)
+    ds = pydicom.dcmread(path)
+    ds.BitsStored = 17
+    cases["bits_stored_over_allocated"] = c_store_body(ds)
+    return cases
+
+
+def test_image_headers_a_decoder_cannot_use_are_refused_before_success(node: NodeProcess, tmp_path: Path) -> None:
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    sop_uid = str(pydicom.dcmread(path).SOPInstanceUID)
+    refusals = (StoreStatus.CANNOT_UNDERSTAND, StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    statuses = {name: _store_one(node, body, sop_uid) for name, body in _header_cases(path).items()}
+    assert all(status in refusals for status in statuses.values()), statuses
+    assert not _indexed(node, sop_uid)
+
+
 def test_deflate_bomb_is_refused_quickly(node: NodeProcess, tmp_path: Path) -> None:
     import zlib
 
