@@ -457,8 +457,11 @@ def test_superseded_policy_is_per_destination_and_delete_needs_orthanc_rest() ->
             parse_destinations({name: {**config, "superseded": "delete"}})
     with pytest.raises(ValidationError, match=r"orthanc\.orthanc-rest\.superseded\n.*'keep', 'reject' or 'delete'"):
         parse_destinations({"orthanc": {**orthanc, "superseded": "rejected"}})
-    with pytest.raises(ValidationError, match=r"rejection_reason applies only to superseded: reject"):
+    with pytest.raises(ValidationError, match=r"rejection_reason 'retention' applies only to superseded: reject"):
         parse_destinations({"pacs": {**pacs, "rejection_reason": "retention"}})
+    # Worker processes get the configuration dumped, every default spelled out: it must validate again.
+    for config in chosen.values():
+        assert type(config).model_validate(config.model_dump(mode="json", by_alias=True)) == config
     with pytest.raises(ValidationError, match=r"pacs\.dimse\.rejection_reason"):
         parse_destinations({"pacs": {**pacs, "superseded": "reject", "rejection_reason": "tired"}})
 

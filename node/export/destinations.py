@@ -87,8 +87,13 @@ class _WithdrawsSuperseded(_Model):
 
     @model_validator(mode="after")
     def _reason_only_for_reject(self) -> _WithdrawsSuperseded:
-        if "rejection_reason" in self.model_fields_set and self.superseded != "reject":
-            raise ValueError(f"rejection_reason applies only to superseded: reject (this is {self.superseded!r})")
+        # A reason other than the default says the site means to reject: refuse it when nothing is rejected.
+        # (Not "given at all": worker processes get the config dumped, every default spelled out.)
+        if self.rejection_reason != "quality" and self.superseded != "reject":
+            raise ValueError(
+                f"rejection_reason {self.rejection_reason!r} applies only to superseded: reject "
+                f"(this is {self.superseded!r})"
+            )
         return self
 
 
