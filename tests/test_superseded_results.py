@@ -23,6 +23,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from demo.paths import PHILIPS_CT
+from node.cli.status_cmd import collect_status
 from node.config import NodeConfig, parse_config
 from node.export.backoff import RetryPolicy
 from node.export.destinations import build_destinations
@@ -196,6 +197,7 @@ def test_superseded_results_are_kept_rejected_or_deleted_as_each_destination_say
             ("rejects", "reject", "noted"),
         ]
         assert len(withdrawals) == 2 * len(old)
+        assert collect_status(site.db)["withdrawals_by_state"] == {"delete deleted": len(old), "reject noted": len(old)}
         # Nothing more to plan, also after a restart: nothing is rejected or deleted twice.
         assert site.start_outbox().withdraw_superseded() == 0
 

@@ -21,6 +21,11 @@ def collect_status(db: Any) -> dict[str, Any]:
     deliveries_by_state = {
         r["state"]: r["n"] for r in db.query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")
     }
+    # Superseded results withdrawn from destinations (node/export/superseded.py): "reject noted", "delete dead"...
+    withdrawals_by_state = {
+        f"{r['method']} {r['state']}": r["n"]
+        for r in db.query("SELECT method, state, COUNT(*) AS n FROM withdrawals GROUP BY method, state")
+    }
     studies = db.query("SELECT COUNT(*) AS n FROM studies")[0]["n"]
     jobs = [
         dict(r)
@@ -33,6 +38,7 @@ def collect_status(db: Any) -> dict[str, Any]:
         "series": series,
         "jobs_by_state": jobs_by_state,
         "deliveries_by_state": deliveries_by_state,
+        "withdrawals_by_state": withdrawals_by_state,
         "recent_jobs": jobs,
     }
 
@@ -51,6 +57,8 @@ def _status(args: argparse.Namespace) -> int:
         )
     print("jobs:       " + (", ".join(f"{k} {v}" for k, v in sorted(status["jobs_by_state"].items())) or "none"))
     print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(status["deliveries_by_state"].items())) or "none"))
+    if status["withdrawals_by_state"]:
+        print("withdrawn:  " + ", ".join(f"{k} {v}" for k, v in sorted(status["withdrawals_by_state"].items())))
     for j in status["recent_jobs"][:10]:
         print(f"  job {j['id']}: {j['pipeline']} {j['state']}" + (f" ({j['reason']})" if j["reason"] else ""))
     return 0
