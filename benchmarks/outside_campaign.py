@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -302,7 +303,8 @@ def stale_results(work: Path, run: Campaign) -> None:
 
 
 def _orthanc_holds(orthanc: LocalOrthanc, uid: str, path: Path) -> bool:
-    """Orthanc's copy of ``uid`` is the object the node made (same dataset; Orthanc adds its own File Meta)."""
+    """Orthanc's copy of ``uid`` is the object the node made: the same dataset, element for element (Orthanc
+    writes its own File Meta)."""
     orthanc_id = orthanc.lookup_id(uid)
     if not orthanc_id:
         return False
@@ -310,9 +312,7 @@ def _orthanc_holds(orthanc: LocalOrthanc, uid: str, path: Path) -> bool:
 
     stored = pydicom.dcmread(BytesIO(httpx.get(f"{orthanc.url}/instances/{orthanc_id}/file", timeout=60).content))
     mine = pydicom.dcmread(path)
-    return bool(stored.get("InstanceCreationTime") == mine.get("InstanceCreationTime") and
-                stored.get("ContentTime") == mine.get("ContentTime") and
-                stored.SeriesInstanceUID == mine.SeriesInstanceUID)  # fmt: skip
+    return bool(Dataset(stored) == Dataset(mine))
 
 
 # --- the judges ----------------------------------------------------------------------------------------
