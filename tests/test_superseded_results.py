@@ -249,3 +249,44 @@ def test_withdrawals_survive_an_outage_and_a_crash_without_doing_anything_twice(
 
 def _all_sent(db: Database) -> bool:
     return all(d["state"] == "sent" for d in db.query("SELECT state FROM deliveries"))
+
+
+def test_nothing_is_withdrawn_before_the_new_run_is_all_there_and_an_unreadable_old_result_is_reported(
+    tmp_path: Path,
+) -> None:
+    """The planning rules on the index alone (no PACS is reached: nothing is due to be sent)."""
+    from node.export.superseded import WithdrawalPolicy, plan_withdrawals
+
+    db = Database(tmp_path / "index.sqlite")
+    t = now()
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO studies (study_uid, first_received_at, last_received_at) VALUES ('1.2', ?, ?)", (t, t)
+        )
+        conn.execute("""INSERT INTO series (series_uid, study_uid, state, generation, first_received_at,
+                        last_received_at) VALUES ('1.2.3', '1.2', 'complete', 2, ?, ?)""", (t, t))  # fmt: skip
+        for generation in (1, 2):
+            job_id = queue_job(conn, series_uid="1.2.3", study_uid="1.2", generation=generation,
+                               pipeline="lung-nodule", route="r", destinations=["pacs"])  # fmt: skip
+            conn.execute(
+                "UPDATE jobs SET state = ? WHERE id = ?", ("superseded" if generation == 1 else "done", job_id)
+            )
+            for n in range(2):
+                uid = f"2.25.{generation}{n}"
+                conn.execute("INSERT INTO results VALUES (?, ?, 'SR', ?, ?)", (uid, job_id, str(tmp_path / uid), t))
+                conn.execute("""INSERT INTO deliveries (job_id, result_sop_instance_uid, destination, state,
+                                next_attempt_at, created_at, updated_at) VALUES (?, ?, 'pacs', 'sent', ?, ?, ?)""",
+                             (job_id, uid, t, t, t))  # fmt: skip
+        conn.execute("UPDATE deliveries SET state = 'retry' WHERE result_sop_instance_uid = '2.25.21'")
+    policies = {"pacs": WithdrawalPolicy("reject", "quality")}
+    # One of the new run's objects is still on its way: the old ones stay where they are.
+    assert plan_withdrawals(db, policies, tmp_path / "results") == 0
+    assert not db.query("SELECT * FROM withdrawals")
+    db.query("UPDATE deliveries SET state = 'sent'")
+    # Now due; the old results' files are gone, so no note can name them: said once, on each object.
+    assert plan_withdrawals(db, policies, tmp_path / "results") == 0
+    rows = db.query("SELECT result_sop_instance_uid, state, last_error FROM withdrawals ORDER BY 1")
+    assert [(r["result_sop_instance_uid"], r["state"]) for r in rows] == [("2.25.10", "dead"), ("2.25.11", "dead")]
+    assert all("cannot plan" in r["last_error"] for r in rows)
+    assert plan_withdrawals(db, policies, tmp_path / "results") == 0  # and not again
+    assert len(db.query("SELECT * FROM withdrawals")) == 2

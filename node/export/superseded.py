@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pydicom
 import structlog
+from pydicom.errors import InvalidDicomError
 
 from node.errors import DeliveryError, EncodeError
 from node.export.backoff import RetryPolicy, next_retry_delay
@@ -82,7 +83,7 @@ def plan_withdrawals(db: Database, policies: Mapping[str, WithdrawalPolicy], res
                 planned += _plan_rejection(db, job_id, destination, objects, policy.rejection_reason, results_root)
             else:
                 planned += _plan_deletion(db, job_id, destination, objects)
-        except (EncodeError, OSError, ValueError) as exc:
+        except (EncodeError, InvalidDicomError, OSError, ValueError) as exc:
             # The note cannot be made (an old result file unreadable): say so once, on every object, and move on.
             bound.error("withdrawal_unplannable", objects=len(objects), reason=f"{type(exc).__name__}: {exc}")
             _record_dead(db, job_id, destination, policy.method, objects, f"cannot plan: {exc}")
