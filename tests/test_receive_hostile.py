@@ -137,8 +137,13 @@ def _indexed(node: NodeProcess, sop_uid: str) -> bool:
 
 @pytest.mark.parametrize(
     ("element", "vr", "bad_vr"),
-    [(b"\x20\x00\x13\x00", b"IS", b"ZZ"), (b"\x08\x00\x50\x00", b"SH", b"SX"), (b"\x08\x00\x16\x00", b"UI", b"ZZ")],
-    ids=["InstanceNumber", "AccessionNumber", "SOPClassUID"],
+    [
+        (b"\x20\x00\x13\x00", b"IS", b"ZZ"),
+        (b"\x08\x00\x50\x00", b"SH", b"SX"),
+        (b"\x08\x00\x16\x00", b"UI", b"ZZ"),
+        (b"\x08\x00\x90\x00", b"PN", b"ZZ"),
+    ],
+    ids=["InstanceNumber", "AccessionNumber", "SOPClassUID", "empty_ReferringPhysicianName"],
 )
 def test_unknown_vr_is_refused_before_success_never_acknowledged_unindexed(
     node: NodeProcess, tmp_path: Path, element: bytes, vr: bytes, bad_vr: bytes
@@ -195,7 +200,8 @@ def test_image_storage_without_a_decodable_image_is_refused(node: NodeProcess, t
 
 
 def _header_cases(path: Path) -> dict[str, bytes]:
-    """Image headers pydicom cannot decode the pixels of (found by benchmarks/outside_campaign.py)."""
+    """Headers the node cannot use: pixels pydicom cannot decode, UIDs it cannot file (found by
+    benchmarks/outside_campaign.py: acknowledged, then unreadable or indexed under another UID)."""
     cases: dict[str, bytes] = {}
     body = c_store_body(pydicom.dcmread(path))
     bits_stored = b"\x28\x00\x01\x01US"
@@ -214,10 +220,17 @@ def _header_cases(path: Path) -> dict[str, bytes]:
     ds = pydicom.dcmread(path)
     ds.BitsStored = 17
     cases["bits_stored_over_allocated"] = c_store_body(ds)
+    # Identifying UIDs under another VR keep their NUL padding: the index would file another UID.
+    for keyword, tag, vr in (
+        ("SOPInstanceUID", b"\x08\x00\x18\x00", b"AE"),
+        ("SeriesInstanceUID", b"\x20\x00\x0e\x00", b"LO"),
+    ):
+        assert body.count(tag + b"UI") == 1
+        cases[f"{keyword}_as_{vr.decode()}"] = body.replace(tag + b"UI", tag + vr)
     return cases
 
 
-def test_image_headers_a_decoder_cannot_use_are_refused_before_success(node: NodeProcess, tmp_path: Path) -> None:
+def test_headers_the_node_cannot_use_are_refused_before_success(node: NodeProcess, tmp_path: Path) -> None:
     [path] = make_ct_series(tmp_path / "s", slices=1)
     sop_uid = str(pydicom.dcmread(path).SOPInstanceUID)
     refusals = (StoreStatus.CANNOT_UNDERSTAND, StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)

@@ -49,6 +49,7 @@ _LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC
 _PIXEL_MODULE_INTEGERS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")
 _PHOTOMETRIC_INTERPRETATIONS = frozenset(p.value for p in PhotometricInterpretation)
 _PIXEL_DATA_VRS = (b"OB", b"OW")
+_IDENTIFYING_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
@@ -114,6 +115,7 @@ def parse_header(
     except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
         raise InvalidDatasetError(f"dataset cannot be parsed: {type(exc).__name__}: {scrub_values(str(exc))}") from None
     check_elements_readable(ds)
+    check_uid_vrs(ds)
     pixel_offset = stream.tell()
     if pixel_offset < len(dataset_bytes):
         if require_image:
@@ -156,13 +158,24 @@ def check_elements_readable(ds: Dataset) -> None:
         try:
             elem = ds[tag]
         except NotImplementedError:
-            raw_vr = getattr(ds.get_item(tag), "VR", "?")
+            try:
+                raw_vr = getattr(ds.get_item(tag), "VR", "?")
+            except NotImplementedError:  # an empty element: get_item converts it too
+                raw_vr = "?"
             raise InvalidDatasetError(f"element {tag} has an unknown VR {raw_vr!r}") from None
         except Exception as exc:
             raise InvalidDatasetError(f"element {tag} cannot be read: {type(exc).__name__}") from None
         if elem.VR == "SQ" and elem.value is not None:
             for item in elem.value:
                 check_elements_readable(item)
+
+
+def check_uid_vrs(ds: Dataset) -> None:
+    """The UIDs that file and index an instance are UI elements: under another VR (AE, LO...) pydicom keeps the
+    UI padding (a trailing NUL) in the value, and the index would hold another UID than the one acknowledged."""
+    for keyword in _IDENTIFYING_UIDS:
+        if keyword in ds and ds[keyword].VR != "UI":
+            raise InvalidDatasetError(f"{keyword} has VR {ds[keyword].VR}, not UI")
 
 
 def _check_image_attributes(ds: Dataset) -> None:
@@ -266,6 +279,7 @@ def _full_parse(part10: bytes, require_image: bool) -> Dataset:
     except Exception as exc:  # see parse_header
         raise InvalidDatasetError(f"dataset cannot be parsed: {type(exc).__name__}: {scrub_values(str(exc))}") from None
     check_elements_readable(ds)
+    check_uid_vrs(ds)
     if require_image:
         if "PixelData" not in ds:
             raise DatasetDoesNotMatchSOPClassError("image storage SOP class without Pixel Data")
