@@ -98,7 +98,10 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per line, message and newline together, as logging.StreamHandler below does: print() writes
+        # them separately, and a library record written by the other thread in between ran two JSON records
+        # into one line (seen in tests/test_receive_hostile.py's every-line-is-JSON check).
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Third-party libraries log through the stdlib: render them as JSON too.

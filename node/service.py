@@ -17,6 +17,7 @@ import structlog
 from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
 from node.export.outbox import Outbox
+from node.export.superseded import withdrawal_policies
 from node.export.transports import build_destinations
 from node.index import jobs, series
 from node.index.db import Database, now
@@ -52,6 +53,8 @@ class NodeService:
             build_destinations(dict(config.destinations)),
             config.delivery.retry,
             batch_size=config.delivery.batch_size,
+            withdrawals=withdrawal_policies(config.destinations),
+            results_root=self.spool.results_root,
         )
         self.http: HttpServer | None = None
         if config.http.enabled:

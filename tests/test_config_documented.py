@@ -102,3 +102,16 @@ def test_relative_data_dir_is_the_config_files_folder(tmp_path: Path) -> None:
     (site / "default.yaml").write_text("logging: {level: INFO}\n")
     assert load_config(site / "default.yaml").storage.data_dir == site.resolve() / "ainode-data"
     assert load_config(site / "node.yaml", {"storage": {"data_dir": "/x/y"}}).storage.data_dir == Path("/x/y")
+
+
+def test_a_bad_superseded_policy_stops_start_up_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        "dicom:\n  allowed_callers: [{ae_title: PACS}]\n"
+        "destinations:\n  pacs: {type: dimse, ae_title: PACS, host: 127.0.0.1, port: 4242, superseded: delete}\n"
+    )
+    for command in (["check-config", str(config)], ["serve", "--config", str(config)]):
+        done = subprocess.run([sys.executable, "-m", "node", *command],
+                              capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)  # fmt: skip
+        assert done.returncode != 0
+        assert "destinations.pacs.dimse.superseded" in done.stderr and "orthanc-rest" in done.stderr, done.stderr

@@ -515,6 +515,33 @@ def test_destination_config_errors_name_the_field() -> None:
     assert "s3cret" not in repr(cfg)  # SecretStr keeps tokens out of logs and reprs
 
 
+def test_superseded_policy_is_per_destination_and_delete_needs_orthanc_rest() -> None:
+    pacs = {"type": "dimse", "ae_title": "PACS", "host": "h", "port": 104}
+    web = {"type": "stow-rs", "url": "http://x/dicom-web"}
+    orthanc = {"type": "orthanc-rest", "url": "http://x:8042"}
+    assert parse_destinations({"pacs": pacs})["pacs"].superseded == "keep"  # the default: as before
+    chosen = parse_destinations({
+        "pacs": {**pacs, "superseded": "reject"},
+        "web": {**web, "superseded": "reject", "rejection_reason": "retention"},
+        "orthanc": {**orthanc, "superseded": "delete"},
+    })  # fmt: skip
+    assert [(c.superseded, c.rejection_reason) for c in chosen.values()] == [
+        ("reject", "quality"), ("reject", "retention"), ("delete", "quality")
+    ]  # fmt: skip
+    for name, config in (("pacs", pacs), ("web", web)):
+        with pytest.raises(ValidationError, match=rf"{name}\.[a-z-]+\.superseded\n.*needs an orthanc-rest"):
+            parse_destinations({name: {**config, "superseded": "delete"}})
+    with pytest.raises(ValidationError, match=r"orthanc\.orthanc-rest\.superseded\n.*'keep', 'reject' or 'delete'"):
+        parse_destinations({"orthanc": {**orthanc, "superseded": "rejected"}})
+    with pytest.raises(ValidationError, match=r"rejection_reason 'retention' applies only to superseded: reject"):
+        parse_destinations({"pacs": {**pacs, "rejection_reason": "retention"}})
+    # Worker processes get the configuration dumped, every default spelled out: it must validate again.
+    for config in chosen.values():
+        assert type(config).model_validate(config.model_dump(mode="json", by_alias=True)) == config
+    with pytest.raises(ValidationError, match=r"pacs\.dimse\.rejection_reason"):
+        parse_destinations({"pacs": {**pacs, "superseded": "reject", "rejection_reason": "tired"}})
+
+
 def test_report_raise_for_failures() -> None:
     ok = DeliveryReport("d", (FileOutcome.success(Path("a"), "1"),))
     ok.raise_for_failures()

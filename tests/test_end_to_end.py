@@ -8,10 +8,12 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -43,8 +45,14 @@ def _first(folder: Path) -> pydicom.Dataset:
 
 @contextmanager
 def _site(
-    tmp_path: Path, *, orthanc_knows_node: bool = True, lua: bool = True
+    tmp_path: Path,
+    *,
+    orthanc_knows_node: bool = True,
+    lua: bool = True,
+    withdrawing: dict[str, OrthancPeer] | None = None,
 ) -> Iterator[tuple[NodeProcess, OrthancPeer]]:
+    """``withdrawing``: more PACS for the route, {"reject": ..., "delete": ...}, whose destinations withdraw
+    superseded results (an IOCM rejection note over C-STORE; deletion through Orthanc's REST API)."""
     # settle_s 3 (the default): a PACS that pauses longer than settle_s mid-send makes the node start on the
     # first part and supersede that run when the rest arrives (CI saw it once with 1 s).
     node = NodeProcess(tmp_path / "node", {"completeness": {"settle_s": 3, "quiet_period_s": 20},
@@ -59,13 +67,26 @@ def _site(
         "pacs": {"type": "dimse", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port,
                  "calling_ae_title": node.ae_title, "timeout_s": 10}
     }  # fmt: skip
+    withdrawing = withdrawing or {}
+    if "reject" in withdrawing:
+        node.config["destinations"]["pacs-reject"] = {
+            "type": "dimse", "ae_title": withdrawing["reject"].aet, "host": "127.0.0.1",
+            "port": withdrawing["reject"].dicom_port, "calling_ae_title": node.ae_title, "superseded": "reject"
+        }  # fmt: skip
+    if "delete" in withdrawing:
+        node.config["destinations"]["orthanc-delete"] = {
+            "type": "orthanc-rest", "url": withdrawing["delete"].url, "superseded": "delete"
+        }  # fmt: skip
     node.config["routes"] = [
         {"name": "chest-ct", "when": {"tag": "Modality", "equals": "CT"}, "pipelines": ["lung-nodule"],
-         "destinations": ["pacs"]}
+         "destinations": list(node.config["destinations"])}
     ]  # fmt: skip
     node.reconfigure({})
-    with node, orthanc:
-        yield node, orthanc
+    with ExitStack() as peers:
+        for peer in withdrawing.values():
+            peers.enter_context(peer)
+        with node, orthanc:
+            yield node, orthanc
 
 
 def _result_series(orthanc: OrthancPeer, study_uid: str) -> dict[str, list[dict[str, Any]]]:
@@ -185,11 +206,17 @@ def test_kill_9_during_processing_then_restart_delivers_exactly_once(tmp_path: P
 
 
 def test_late_instance_reruns_and_sends_superseding_results(tmp_path: Path) -> None:
+    """The re-run's results reach three PACS; each destination's `superseded` policy decides what becomes of
+    the first run's: kept (pacs, the default), rejected by an IOCM note (pacs-reject), deleted (orthanc-delete)."""
     study_uid = str(_first(PHILIPS).StudyInstanceUID)
-    with _site(tmp_path, lua=False) as (node, orthanc):
+    node_known = {"node": ("AINODE", "127.0.0.1", 1)}
+    rejecting = OrthancPeer(tmp_path / "orthanc-reject", modalities=node_known)
+    deleting = OrthancPeer(tmp_path / "orthanc-delete")
+    with _site(tmp_path, lua=False, withdrawing={"reject": rejecting, "delete": deleting}) as (node, orthanc):
         assert storescu(node.port, [PHILIPS], called=node.ae_title).returncode == 0
         wait_until(lambda: _all_sent(node), RESULT_DEADLINE_S, "the first results", interval_s=1)
         first_sr = node.db().query("SELECT sop_instance_uid FROM results WHERE kind = 'SR'")[0]["sop_instance_uid"]
+        first_results = {r["sop_instance_uid"] for r in node.db().query("SELECT sop_instance_uid FROM results")}
         # One more slice, contiguous with the series (below its last slice), arrives late.
         files = sorted(PHILIPS.iterdir(), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
         lowest, second = (pydicom.dcmread(p) for p in files[:2])
@@ -201,15 +228,22 @@ def test_late_instance_reruns_and_sends_superseding_results(tmp_path: Path) -> N
         lowest.save_as(late)
         assert storescu(node.port, [late], called=node.ae_title).returncode == 0
 
-        def rerun_sent() -> bool:
+        def rerun_sent_and_withdrawn() -> bool:
             jobs = node.db().query("SELECT state, generation FROM jobs ORDER BY id")
-            return len(jobs) == 2 and jobs[1]["state"] == "done" and _all_sent(node)
+            withdrawn = node.db().query("SELECT COUNT(*) AS n FROM withdrawals WHERE state IN ('noted', 'deleted')")
+            return (
+                len(jobs) == 2
+                and jobs[1]["state"] == "done"
+                and _all_sent(node)
+                and withdrawn[0]["n"] == 2 * len(first_results)
+            )
 
-        wait_until(rerun_sent, RESULT_DEADLINE_S, "the re-run's results", interval_s=1)
+        wait_until(rerun_sent_and_withdrawn, RESULT_DEADLINE_S, "the re-run's results and withdrawals", interval_s=1)
         jobs = node.db().query("SELECT state, generation FROM jobs ORDER BY id")
         assert [(j["state"], j["generation"]) for j in jobs] == [("superseded", 1), ("done", 2)]
         found = _result_series(orthanc, study_uid)
-        assert len(found["SR"]) == 2  # the old report stays; the new one says what it replaces
+        assert len(found["SR"]) == 2  # keep: the old report stays; the new one says what it replaces
+        assert "KO" not in found
         new_sr_path = node.db().query(
             """SELECT r.path FROM results r JOIN jobs j ON j.id = r.job_id
                WHERE r.kind = 'SR' AND j.generation = 2"""
@@ -223,6 +257,25 @@ def test_late_instance_reruns_and_sends_superseding_results(tmp_path: Path) -> N
         ]
         assert first_sr in predecessors
         assert "supersedes" in new_sr.SeriesDescription.lower()
+        rerun = node.db().query(
+            "SELECT r.sop_instance_uid, r.kind FROM results r JOIN jobs j ON j.id = r.job_id WHERE j.generation = 2"
+        )
+        new_results = {r["sop_instance_uid"] for r in rerun if r["kind"] != "KO"}
+        [note_uid] = [r["sop_instance_uid"] for r in rerun if r["kind"] == "KO"]
+        # delete: only the re-run's SEG/SR/SC are left in that Orthanc.
+        in_deleting = {i["MainDicomTags"]["SOPInstanceUID"] for i in deleting.get("/instances?expand")}
+        assert in_deleting == new_results
+        # reject: both runs and the note, which lists exactly the first run's objects.
+        in_rejecting = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in rejecting.get("/instances?expand")}
+        assert set(in_rejecting) == first_results | new_results | {note_uid}
+        note = pydicom.dcmread(BytesIO(httpx.get(f"{rejecting.url}/instances/{in_rejecting[note_uid]}/file").content))
+        evidence = {
+            ref.ReferencedSOPInstanceUID
+            for study in note.CurrentRequestedProcedureEvidenceSequence
+            for series in study.ReferencedSeriesSequence
+            for ref in series.ReferencedSOPSequence
+        }
+        assert evidence == first_results and note.ConceptNameCodeSequence[0].CodeValue == "113001"
 
 
 def test_demo_command_runs_the_whole_loop(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from node.index.db import Database
-from node.index.states import DeliveryState, HealthState, JobState, SeriesState
+from node.index.states import DeliveryState, HealthState, JobState, SeriesState, WithdrawalState
 
 pytestmark = pytest.mark.unit
 
@@ -58,10 +58,16 @@ def test_the_check_sees_sql_where_it_is() -> None:
 
 @pytest.mark.parametrize(
     ("table", "states"),
-    [("series", SeriesState), ("jobs", JobState), ("deliveries", DeliveryState), ("destination_health", HealthState)],
+    [
+        ("series", SeriesState),
+        ("jobs", JobState),
+        ("deliveries", DeliveryState),
+        ("destination_health", HealthState),
+        ("withdrawals", WithdrawalState),
+    ],
 )
 def test_each_state_column_checks_exactly_its_enum_values(
-    tmp_path: Path, table: str, states: type[SeriesState | JobState | DeliveryState | HealthState]
+    tmp_path: Path, table: str, states: type[SeriesState | JobState | DeliveryState | HealthState | WithdrawalState]
 ) -> None:
     """The CHECK constraint of each state column in a new index lists exactly its Enum's values, in order."""
     db = Database(tmp_path / "index.sqlite")

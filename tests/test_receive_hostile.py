@@ -1,8 +1,8 @@
 """A hostile network: crafted DIMSE messages and connections that never become associations.
 
-The crafted C-STORE requests come from a pynetdicom SCU driven below its public API (DCMTK's storescu
-cannot send an empty or over-long Affected SOP Instance UID); the allowed caller that must still get
-through is DCMTK's echoscu / storescu.
+The crafted C-STORE requests come from a pynetdicom SCU driven below its public API (demo/hostile.py, shared
+with benchmarks/outside_campaign.py: DCMTK's storescu cannot send an empty or over-long Affected SOP Instance
+UID); the allowed caller that must still get through is DCMTK's echoscu / storescu.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -19,9 +18,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 
 from demo.ct_factory import make_ct_series
+from demo.hostile import c_store_body, crafted_store, hostile_connections
 from demo.node_process import NodeProcess
 from node.dimse_status import StoreStatus
 from tests.dicom_files import dataset_bytes
@@ -49,38 +48,17 @@ def _associate(node: NodeProcess, syntax: str = ExplicitVRLittleEndian) -> Assoc
     return assoc
 
 
-def _crafted_store(assoc: Association, body: bytes, sop_uid: str, msg_id: int) -> int | None:
-    """One C-STORE-RQ with exactly these parameters; the response status, None when none came."""
-    context = assoc.accepted_contexts[0]
-    req = C_STORE()
-    req.MessageID = msg_id
-    req.AffectedSOPClassUID = CTImageStorage
-    req.AffectedSOPInstanceUID = sop_uid
-    req.Priority = 2
-    req.DataSet = BytesIO(body)
-    # As pynetdicom's own send_* methods do: pause the reactor, or it takes the response off the queue.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
-        assoc.dimse.send_msg(req, int(context.context_id or 0))
-        _cx, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-    return None if rsp is None else int(rsp.Status)
-
-
 def test_c_store_without_sop_instance_uid_is_answered_with_a_failure(node: NodeProcess, tmp_path: Path) -> None:
     [path] = make_ct_series(tmp_path / "s", slices=1)
     assoc = _associate(node)
     try:
         started = time.monotonic()
-        status = _crafted_store(assoc, dataset_bytes(path), "", msg_id=1)
+        status = crafted_store(assoc, dataset_bytes(path), "", msg_id=1)
         assert status == StoreStatus.CANNOT_UNDERSTAND
         assert time.monotonic() - started < 5
         # The association goes on: the next, good instance is stored.
         good = pydicom.dcmread(path)
-        assert _crafted_store(assoc, dataset_bytes(path), str(good.SOPInstanceUID), msg_id=2) == StoreStatus.SUCCESS
+        assert crafted_store(assoc, dataset_bytes(path), str(good.SOPInstanceUID), msg_id=2) == StoreStatus.SUCCESS
     finally:
         assoc.release()
     assert "C-STORE-RQ without AffectedSOPInstanceUID" in node.log_text()
@@ -97,36 +75,12 @@ def test_sop_instance_uid_over_64_characters_fails_that_store_not_the_associatio
     ds.SOPInstanceUID = long_uid
     assoc = _associate(node)
     try:
-        assert _crafted_store(assoc, _body(ds), long_uid, msg_id=1) == StoreStatus.CANNOT_UNDERSTAND
+        assert crafted_store(assoc, c_store_body(ds), long_uid, msg_id=1) == StoreStatus.CANNOT_UNDERSTAND
         assert assoc.is_established
         good = pydicom.dcmread(paths[1])
-        assert _crafted_store(assoc, dataset_bytes(paths[1]), str(good.SOPInstanceUID), 2) == StoreStatus.SUCCESS
+        assert crafted_store(assoc, dataset_bytes(paths[1]), str(good.SOPInstanceUID), 2) == StoreStatus.SUCCESS
     finally:
         assoc.release()
-
-
-def _hostile_connections(port: int) -> list[socket.socket]:
-    """Connections that never complete an A-ASSOCIATE: idle, partial PDU, garbage, 4 GB PDU length."""
-    payloads = [
-        b"",  # connect and say nothing
-        b"",
-        b"\x01\x00\x00\x00\x01\x00" + b"\x00" * 20,  # an A-ASSOCIATE-RQ cut short
-        b"\x01\x00\x00\x00\x01\x00" + b"\x00" * 20,
-        b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 100,  # a PDU announcing 0xFFFFFFFF bytes
-        b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 100,
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # garbage
-        b"\x01",
-    ]
-    held = []
-    for payload in payloads:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        if payload:
-            sock.sendall(payload)
-        held.append(sock)
-    # Connect and close at once, too.
-    for _ in range(3):
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    return held
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -140,7 +94,7 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 
 
 def test_connections_without_association_take_no_slot_and_are_dropped(node: NodeProcess, tmp_path: Path) -> None:
-    held = _hostile_connections(node.port)
+    held = hostile_connections(node.port)
     try:
         # More half-open connections than slots, and an allowed caller still gets through at once.
         assert len(held) > MAX_ASSOCIATIONS
@@ -168,20 +122,10 @@ def test_allowed_callers_beyond_max_associations_are_refused_transiently(node: N
     assert echoscu(node.port, called=node.ae_title, calling="STORESCU", timeout_s=20).returncode == 0
 
 
-def _body(ds: pydicom.Dataset) -> bytes:
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    buf = DicomBytesIO()  # no preamble, no File Meta: a C-STORE body, Explicit VR Little Endian
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_dataset(buf, ds)
-    return buf.getvalue()
-
-
 def _store_one(node: NodeProcess, body: bytes, sop_uid: str, syntax: str = ExplicitVRLittleEndian) -> int | None:
     assoc = _associate(node, syntax)
     try:
-        return _crafted_store(assoc, body, sop_uid, msg_id=1)
+        return crafted_store(assoc, body, sop_uid, msg_id=1)
     finally:
         assoc.release()
 
@@ -193,8 +137,13 @@ def _indexed(node: NodeProcess, sop_uid: str) -> bool:
 
 @pytest.mark.parametrize(
     ("element", "vr", "bad_vr"),
-    [(b"\x20\x00\x13\x00", b"IS", b"ZZ"), (b"\x08\x00\x50\x00", b"SH", b"SX"), (b"\x08\x00\x16\x00", b"UI", b"ZZ")],
-    ids=["InstanceNumber", "AccessionNumber", "SOPClassUID"],
+    [
+        (b"\x20\x00\x13\x00", b"IS", b"ZZ"),
+        (b"\x08\x00\x50\x00", b"SH", b"SX"),
+        (b"\x08\x00\x16\x00", b"UI", b"ZZ"),
+        (b"\x08\x00\x90\x00", b"PN", b"ZZ"),
+    ],
+    ids=["InstanceNumber", "AccessionNumber", "SOPClassUID", "empty_ReferringPhysicianName"],
 )
 def test_unknown_vr_is_refused_before_success_never_acknowledged_unindexed(
     node: NodeProcess, tmp_path: Path, element: bytes, vr: bytes, bad_vr: bytes
@@ -202,7 +151,7 @@ def test_unknown_vr_is_refused_before_success_never_acknowledged_unindexed(
     [path] = make_ct_series(tmp_path / "s", slices=1)
     ds = pydicom.dcmread(path)
     ds.AccessionNumber = "ACC1"
-    body = _body(ds)
+    body = c_store_body(ds)
     assert body.count(element + vr) == 1
     status = _store_one(node, body.replace(element + vr, element + bad_vr), str(ds.SOPInstanceUID))
     assert status == StoreStatus.CANNOT_UNDERSTAND  # not Success, not 0x0110 with a traceback
@@ -224,16 +173,16 @@ def _image_cases(path: Path) -> dict[str, tuple[bytes, str, int]]:
     cases: dict[str, tuple[bytes, str, int]] = {}
     refused, no_image = int(StoreStatus.CANNOT_UNDERSTAND), int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
     ds = pydicom.dcmread(path)
-    body = _body(ds)
+    body = c_store_body(ds)
     cases["cut_before_pixel_data"] = (body[: body.index(b"\xe0\x7f\x10\x00")], ExplicitVRLittleEndian, no_image)
     ds = pydicom.dcmread(path)
     del ds.PixelData
-    cases["no_pixel_data"] = (_body(ds), ExplicitVRLittleEndian, no_image)
+    cases["no_pixel_data"] = (c_store_body(ds), ExplicitVRLittleEndian, no_image)
     ds = pydicom.dcmread(path)
     ds.Rows = 0
-    cases["rows_0"] = (_body(ds), ExplicitVRLittleEndian, no_image)
-    cases["native_pixels_under_rle"] = (_body(pydicom.dcmread(path)), RLELossless, refused)
-    cases["garbage_fragments"] = (_body(_jpeg_ls_rows(pydicom.dcmread(path))), JPEGLSLossless, refused)
+    cases["rows_0"] = (c_store_body(ds), ExplicitVRLittleEndian, no_image)
+    cases["native_pixels_under_rle"] = (c_store_body(pydicom.dcmread(path)), RLELossless, refused)
+    cases["garbage_fragments"] = (c_store_body(_jpeg_ls_rows(pydicom.dcmread(path))), JPEGLSLossless, refused)
     return cases
 
 
@@ -247,7 +196,47 @@ def test_image_storage_without_a_decodable_image_is_refused(node: NodeProcess, t
     assert all(got == expected for got, expected in statuses.values()), statuses
     assert not _indexed(node, sop_uid)
     # The intact instance is stored.
-    assert _store_one(node, _body(pydicom.dcmread(path)), sop_uid) == StoreStatus.SUCCESS
+    assert _store_one(node, c_store_body(pydicom.dcmread(path)), sop_uid) == StoreStatus.SUCCESS
+
+
+def _header_cases(path: Path) -> dict[str, bytes]:
+    """Headers the node cannot use: pixels pydicom cannot decode, UIDs it cannot file (found by
+    benchmarks/outside_campaign.py: acknowledged, then unreadable or indexed under another UID)."""
+    cases: dict[str, bytes] = {}
+    body = c_store_body(pydicom.dcmread(path))
+    bits_stored = b"\x28\x00\x01\x01US"
+    assert body.count(bits_stored) == 1
+    cases["bits_stored_as_DA"] = body.replace(bits_stored, b"\x28\x00\x01\x01DA")
+    pixel_data = b"\xe0\x7f\x10\x00OW"
+    assert body.count(pixel_data) == 1
+    cases["pixel_data_as_UR"] = body.replace(pixel_data, b"\xe0\x7f\x10\x00UR")
+    for keyword in ("SamplesPerPixel", "BitsStored", "PixelRepresentation", "PhotometricInterpretation"):
+        ds = pydicom.dcmread(path)
+        delattr(ds, keyword)
+        cases[f"no_{keyword}"] = c_store_body(ds)
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "MONOCHROME9"
+    cases["unknown_photometric"] = c_store_body(ds)
+    ds = pydicom.dcmread(path)
+    ds.BitsStored = 17
+    cases["bits_stored_over_allocated"] = c_store_body(ds)
+    # Identifying UIDs under another VR keep their NUL padding: the index would file another UID.
+    for keyword, tag, vr in (
+        ("SOPInstanceUID", b"\x08\x00\x18\x00", b"AE"),
+        ("SeriesInstanceUID", b"\x20\x00\x0e\x00", b"LO"),
+    ):
+        assert body.count(tag + b"UI") == 1
+        cases[f"{keyword}_as_{vr.decode()}"] = body.replace(tag + b"UI", tag + vr)
+    return cases
+
+
+def test_headers_the_node_cannot_use_are_refused_before_success(node: NodeProcess, tmp_path: Path) -> None:
+    [path] = make_ct_series(tmp_path / "s", slices=1)
+    sop_uid = str(pydicom.dcmread(path).SOPInstanceUID)
+    refusals = (StoreStatus.CANNOT_UNDERSTAND, StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    statuses = {name: _store_one(node, body, sop_uid) for name, body in _header_cases(path).items()}
+    assert all(status in refusals for status in statuses.values()), statuses
+    assert not _indexed(node, sop_uid)
 
 
 def test_deflate_bomb_is_refused_quickly(node: NodeProcess, tmp_path: Path) -> None:
@@ -258,7 +247,7 @@ def test_deflate_bomb_is_refused_quickly(node: NodeProcess, tmp_path: Path) -> N
     [path] = make_ct_series(tmp_path / "s", slices=1)
     ds = pydicom.dcmread(path)
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    body = _body(ds) + b"\x00" * (32 * 1024 * 1024)  # 32 MB of zeros after the image
+    body = c_store_body(ds) + b"\x00" * (32 * 1024 * 1024)  # 32 MB of zeros after the image
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     bomb = deflater.compress(body) + deflater.flush()
     assert len(bomb) < 64 * 1024
@@ -269,7 +258,7 @@ def test_deflate_bomb_is_refused_quickly(node: NodeProcess, tmp_path: Path) -> N
     assert "inflates past" in node.log_text()
     # A genuinely deflated instance is still accepted.
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    good = deflater.compress(_body(ds)) + deflater.flush()
+    good = deflater.compress(c_store_body(ds)) + deflater.flush()
     assert _store_one(node, good, str(ds.SOPInstanceUID), DeflatedExplicitVRLittleEndian) == StoreStatus.SUCCESS
 
 
@@ -282,7 +271,7 @@ def test_no_patient_data_in_the_log_when_a_uid_swallows_the_patient_module(node:
     [path] = make_ct_series(tmp_path / "s", slices=1)
     ds = pydicom.dcmread(path)
     ds.AccessionNumber = CANARY_ACCESSION
-    body = bytearray(_body(ds))
+    body = bytearray(c_store_body(ds))
     uid_at = body.index(b"\x08\x00\x18\x00UI")
     pid_at = body.index(b"\x10\x00\x20\x00LO")
     (pid_length,) = struct.unpack_from("<H", body, pid_at + 6)
@@ -293,7 +282,7 @@ def test_no_patient_data_in_the_log_when_a_uid_swallows_the_patient_module(node:
 
     ds = pydicom.dcmread(path)
     ds.SOPInstanceUID = CANARY_PATIENT_ID
-    assert _store_one(node, _body(ds), CANARY_PATIENT_ID) == StoreStatus.CANNOT_UNDERSTAND
+    assert _store_one(node, c_store_body(ds), CANARY_PATIENT_ID) == StoreStatus.CANNOT_UNDERSTAND
     log_text = node.log_text()
     for canary in CANARIES:
         assert canary not in log_text

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from node.cli.serve_cmd import add_config_arguments, open_index
-from node.index import queries
+from node.index import queries, withdrawals
 from node.index.db import Database
 
 
@@ -18,6 +18,8 @@ def collect_status(db: Database) -> dict[str, Any]:
         "jobs_by_state": queries.counts_by_state(db, "jobs"),
         "deliveries_by_state": queries.counts_by_state(db, "deliveries"),
         "recent_jobs": queries.recent_jobs(db, 50),
+        # Superseded results withdrawn from destinations (node/export/superseded.py): "reject noted", "delete dead"...
+        "withdrawals_by_state": withdrawals.withdrawal_counts(db),
     }
 
 
@@ -35,6 +37,8 @@ def _status(args: argparse.Namespace) -> int:
         )
     print("jobs:       " + (", ".join(f"{k} {v}" for k, v in sorted(status["jobs_by_state"].items())) or "none"))
     print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(status["deliveries_by_state"].items())) or "none"))
+    if status["withdrawals_by_state"]:
+        print("withdrawn:  " + ", ".join(f"{k} {v}" for k, v in sorted(status["withdrawals_by_state"].items())))
     for j in status["recent_jobs"][:10]:
         print(f"  job {j['id']}: {j['pipeline']} {j['state']}" + (f" ({j['reason']})" if j["reason"] else ""))
     return 0

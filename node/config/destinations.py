@@ -53,6 +53,44 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What happens at a destination to the results of a run that a newer run of the same series replaced
+# (the series grew after they were made), once the newer results are delivered there:
+#   keep   - they stay beside the new ones (told apart by their series description);
+#   reject - an IHE IOCM rejection note (a Key Object Selection Document) lists them, so the PACS hides them;
+#   delete - they are deleted through the destination's REST API (Orthanc only).
+SupersededPolicy = Literal["keep", "reject", "delete"]
+# The rejection note's title (PS3.16 CID 7010): quality = (113001, DCM, "Rejected for Quality Reasons"),
+# retention = (113039, DCM, "Data Retention Policy Expired").
+RejectionReason = Literal["quality", "retention"]
+
+
+class _WithdrawsSuperseded(_Model):
+    """The per-destination choice of what becomes of superseded results (``superseded``, ``rejection_reason``)."""
+
+    superseded: SupersededPolicy = "keep"
+    rejection_reason: RejectionReason = "quality"
+
+    @model_validator(mode="after")
+    def _reason_only_for_reject(self) -> _WithdrawsSuperseded:
+        # A reason other than the default says the site means to reject: refuse it when nothing is rejected.
+        # (Not "given at all": worker processes get the config dumped, every default spelled out.)
+        if self.rejection_reason != "quality" and self.superseded != "reject":
+            raise ValueError(
+                f"rejection_reason {self.rejection_reason!r} applies only to superseded: reject "
+                f"(this is {self.superseded!r})"
+            )
+        return self
+
+
+def _no_delete_without_rest(value: str) -> str:
+    if value == "delete":
+        raise ValueError(
+            "superseded: delete needs an orthanc-rest destination (deletion through Orthanc's REST API); "
+            "use reject (an IOCM rejection note) or keep"
+        )
+    return value
+
+
 class DimseTls(_Model):
     """TLS for DICOM (PS3.15 B.1): ``ca_file`` verifies the peer, ``cert_file``/``key_file`` identify us."""
 
@@ -101,7 +139,7 @@ class HttpTls(_Model):
         return ssl.create_default_context(cafile=str(self.ca_file))
 
 
-class DimseDestinationConfig(_Model):
+class DimseDestinationConfig(_WithdrawsSuperseded):
     type: Literal["dimse"]
     ae_title: str = Field(description="Called AE title of the peer (the PACS).")
     host: str = Field(min_length=1)
@@ -112,6 +150,7 @@ class DimseDestinationConfig(_Model):
     tls: DimseTls | None = None
 
     _validate_ae = field_validator("ae_title", "calling_ae_title")(validate_ae_title)
+    _check_superseded = field_validator("superseded")(_no_delete_without_rest)
 
 
 class BasicAuth(_Model):
@@ -128,15 +167,17 @@ class BearerAuth(_Model):
 HttpAuth = Annotated[BasicAuth | BearerAuth, Field(discriminator="type")]
 
 
-class StowRsDestinationConfig(_Model):
+class StowRsDestinationConfig(_WithdrawsSuperseded):
     type: Literal["stow-rs"]
     url: AnyHttpUrl = Field(description="DICOMweb service root, e.g. http://pacs:8042/dicom-web")
     auth: HttpAuth | None = None
     tls: HttpTls = HttpTls()
     timeout_s: float = Field(default=60.0, gt=0)
 
+    _check_superseded = field_validator("superseded")(_no_delete_without_rest)
 
-class OrthancRestDestinationConfig(_Model):
+
+class OrthancRestDestinationConfig(_WithdrawsSuperseded):
     type: Literal["orthanc-rest"]
     url: AnyHttpUrl = Field(description="Orthanc REST root, e.g. http://orthanc:8042")
     username: str | None = None

@@ -76,6 +76,16 @@ class DeliveryReport:
         )
 
 
+@dataclass(frozen=True)
+class DeletionOutcome:
+    """What happened to one instance a destination was asked to delete (``superseded: delete``)."""
+
+    sop_instance_uid: str
+    deleted: bool
+    detail: str
+    permanent: bool | None = None  # None when deleted
+
+
 # --- the common interface ------------------------------------------------------------------------
 
 
@@ -91,4 +101,13 @@ class Destination(Protocol):
 
     def ping(self) -> None:
         """Health check (C-ECHO / HTTP GET); raises ``DeliveryError`` classified like ``send``."""
+        ...
+
+
+@runtime_checkable
+class DeletingDestination(Destination, Protocol):
+    """A destination that can also delete instances it holds (Orthanc REST; ``superseded: delete``)."""
+
+    def delete_instances(self, sop_instance_uids: Sequence[str]) -> list[DeletionOutcome]:
+        """Delete by SOP Instance UID; one that is not there counts as deleted. ``DeliveryError`` like ``send``."""
         ...

@@ -1,4 +1,5 @@
-"""Orthanc REST destination: ``POST /instances`` through pyorthanc; ``GET /system`` for health.
+"""Orthanc REST destination: ``POST /instances`` through pyorthanc; ``GET /system`` for health;
+``POST /tools/lookup`` + ``DELETE /instances/{id}`` to delete superseded results (``superseded: delete``).
 
 Orthanc answers 200 with ``Status: Success`` or ``AlreadyStored`` (same SOP Instance UID: idempotent),
 400 for something that is not DICOM.
@@ -17,7 +18,7 @@ from pyorthanc import Orthanc
 
 from node.config.destinations import OrthancRestDestinationConfig
 from node.errors import DeliveryError
-from node.export.destinations import DeliveryReport, FileOutcome
+from node.export.destinations import DeletionOutcome, DeliveryReport, FileOutcome
 from node.export.failures import describe_connect_error, describe_http_status, http_status_is_transient, timed_out
 
 
@@ -97,6 +98,33 @@ class OrthancRestDestination:
             failed=len(report.failed),
         )
         return report
+
+    def delete_instances(self, sop_instance_uids: Sequence[str]) -> list[DeletionOutcome]:
+        """Look each SOP Instance UID up and delete the instance; one Orthanc does not hold counts as deleted
+        (a retry after a crash finds it gone). Orthanc drops a series or study left empty by itself."""
+        outcomes: list[DeletionOutcome] = []
+        with self._client() as client:
+            for uid in sop_instance_uids:
+                try:
+                    found = client.post(f"{self._url}/tools/lookup", content=uid.encode("ascii"))
+                    _raise_for_status(found, f"{self._url}/tools/lookup")
+                    ids = [str(r["ID"]) for r in found.json() if r.get("Type") == "Instance"]
+                    for orthanc_id in ids:
+                        deleted = client.delete(f"{self._url}/instances/{orthanc_id}")
+                        _raise_for_status(deleted, f"{self._url}/instances")
+                except (httpx.HTTPError, DeliveryError) as exc:
+                    error = (
+                        _transport_failure(exc, self._url, self.config.timeout_s)
+                        if isinstance(exc, httpx.HTTPError)
+                        else exc
+                    )
+                    if not outcomes:  # nothing done yet: the server as a whole failed, like a refused send
+                        raise error from exc
+                    outcomes.append(DeletionOutcome(uid, False, str(error), error.permanent))
+                    continue
+                outcomes.append(DeletionOutcome(uid, True, "deleted" if ids else "not at the destination"))
+        self._log.info("orthanc_delete_done", instances=len(outcomes), deleted=sum(o.deleted for o in outcomes))
+        return outcomes
 
 
 def _raise_for_status(response: object, url: str) -> None:

@@ -27,6 +27,7 @@ from node.errors import DeliveryError
 from node.export.backoff import RetryPolicy, gave_up, next_retry_delay
 from node.export.destinations import DeliveryReport, Destination, FileOutcome
 from node.export.health import HealthBook
+from node.export.superseded import WithdrawalPolicy, delete_due, plan_withdrawals
 from node.index import deliveries
 from node.index.db import Connection, Database, now
 from node.index.health import health_rows, probe_now
@@ -62,13 +63,23 @@ class Outbox:
         *,
         batch_size: int = 64,
         rng: random.Random | None = None,
+        withdrawals: dict[str, WithdrawalPolicy] | None = None,
+        results_root: Path | None = None,
     ) -> None:
+        """``withdrawals``: the destinations whose superseded results are withdrawn (node/export/superseded.py),
+        with ``results_root``, the spool folder where rejection notes are written."""
+        if withdrawals and results_root is None:
+            raise ValueError("withdrawals need the results_root to write rejection notes in")
         self.db = db
         self.destinations = destinations
         self.policy = policy
         self.batch_size = batch_size
         self.rng = rng or random.Random()
         self.health = HealthBook(db, policy, self.rng)
+        self.withdrawals = withdrawals or {}
+        self.results_root = results_root
+        # Withdrawals become due only when a delivery is sent: plan at start, then after a pass that sent one.
+        self._plan_withdrawals = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -87,7 +98,7 @@ class Outbox:
     def _loop(self, interval_s: float) -> None:
         while not self._stop.is_set():
             try:
-                busy = self.deliver_due()
+                busy = self.deliver_due() + self.withdraw_superseded()
             except Exception:
                 log.exception("outbox_pass_failed")
                 busy = 0
@@ -126,6 +137,17 @@ class Outbox:
                 continue
             attempted += self._deliver_sets(name, destination)
         return attempted
+
+    def withdraw_superseded(self) -> int:
+        """Plan what newly delivered results supersede, and carry out due deletions. Rejection notes it plans
+        are ordinary deliveries, sent by the next ``deliver_due``. Returns planned + attempted."""
+        if not self.withdrawals or self.results_root is None:
+            return 0
+        planned = 0
+        if self._plan_withdrawals:
+            planned = plan_withdrawals(self.db, self.withdrawals, self.results_root)
+            self._plan_withdrawals = False
+        return planned + delete_due(self.db, self.destinations, self.policy, self.rng, batch_size=self.batch_size)
 
     def _probe(self, name: str, destination: Destination) -> bool:
         """One health probe of a down destination. True when it answers (it is up again)."""
@@ -249,6 +271,8 @@ class Outbox:
                     permanent = bool(outcome.permanent) if outcome else False
                     settled = settled and permanent
                     self._fail(conn, row, permanent, detail)
+        if report.delivered:
+            self._plan_withdrawals = True
         return settled
 
     def _destination_down(self, name: str, rows: list[_Due], reason: str) -> None:

@@ -15,7 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from node.errors import StoreError
-from node.index.states import DeliveryState, HealthState, JobState, SeriesState, sql_choices
+from node.index.states import (
+    DeliveryState,
+    HealthState,
+    JobState,
+    SeriesState,
+    WithdrawalMethod,
+    WithdrawalState,
+    sql_choices,
+)
 
 # The stages type their arguments with these names and never import sqlite3 themselves.
 Connection = sqlite3.Connection
@@ -147,6 +155,27 @@ CREATE TABLE IF NOT EXISTS destination_health (
     last_error TEXT,
     updated_at REAL NOT NULL
 );
+
+-- One row per (superseded result object, destination) that the destination's `superseded` policy
+-- withdraws once the newer run's results are delivered there (node/export/superseded.py).
+-- method 'reject': listed in the rejection note `note_sop_instance_uid`, itself a result of the newer
+-- job delivered through `deliveries` (state 'noted'). method 'delete': deleted through the destination's
+-- REST API, with its own retries (pending -> deleted | retry | dead).
+CREATE TABLE IF NOT EXISTS withdrawals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    result_sop_instance_uid TEXT NOT NULL REFERENCES results(sop_instance_uid),
+    destination TEXT NOT NULL,
+    superseding_job_id INTEGER NOT NULL REFERENCES jobs(id),
+    method TEXT NOT NULL CHECK (method IN ({sql_choices(WithdrawalMethod)})),
+    note_sop_instance_uid TEXT,
+    state TEXT NOT NULL CHECK (state IN ({sql_choices(WithdrawalState)})),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    UNIQUE (result_sop_instance_uid, destination)
+);
+CREATE INDEX IF NOT EXISTS withdrawals_due ON withdrawals(state, next_attempt_at);
 """
 
 

@@ -43,6 +43,23 @@ class HealthState(enum.StrEnum):
     DOWN = "down"
 
 
+class WithdrawalMethod(enum.StrEnum):
+    """``withdrawals.method``: how a destination's superseded results are withdrawn (``superseded`` policy)."""
+
+    REJECT = "reject"  # listed in an IOCM rejection note delivered there
+    DELETE = "delete"  # deleted through the destination's REST API
+
+
+class WithdrawalState(enum.StrEnum):
+    """``withdrawals.state``: noted (in a rejection note) | pending → deleted | retry | dead."""
+
+    NOTED = "noted"
+    PENDING = "pending"
+    RETRY = "retry"
+    DELETED = "deleted"
+    DEAD = "dead"
+
+
 def sql_choices(states: type[enum.StrEnum]) -> str:
     """``'a', 'b'`` for a CHECK (state IN (...)) constraint."""
     return ", ".join(f"'{s.value}'" for s in states)

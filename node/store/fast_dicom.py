@@ -20,6 +20,7 @@ import zlib
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
+from pydicom.pixels.common import PhotometricInterpretation
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, RLELossless
 
@@ -43,6 +44,12 @@ _JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.1
 _J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
                  "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}  # fmt: skip
 _LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
+# What an image decoder needs from the Image Pixel module (PS3.3 C.7.6.3, Type 1), each one US value: without
+# them, or with a value of another VR (a corrupted header), pydicom cannot decode the pixels later.
+_PIXEL_MODULE_INTEGERS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")
+_PHOTOMETRIC_INTERPRETATIONS = frozenset(p.value for p in PhotometricInterpretation)
+_PIXEL_DATA_VRS = (b"OB", b"OW")
+_IDENTIFYING_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
@@ -108,6 +115,7 @@ def parse_header(
     except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
         raise InvalidDatasetError(f"dataset cannot be parsed: {type(exc).__name__}: {scrub_values(str(exc))}") from None
     check_elements_readable(ds)
+    check_uid_vrs(ds)
     pixel_offset = stream.tell()
     if pixel_offset < len(dataset_bytes):
         if require_image:
@@ -150,7 +158,10 @@ def check_elements_readable(ds: Dataset) -> None:
         try:
             elem = ds[tag]
         except NotImplementedError:
-            raw_vr = getattr(ds.get_item(tag), "VR", "?")
+            try:
+                raw_vr = getattr(ds.get_item(tag), "VR", "?")
+            except NotImplementedError:  # an empty element: get_item converts it too
+                raw_vr = "?"
             raise InvalidDatasetError(f"element {tag} has an unknown VR {raw_vr!r}") from None
         except Exception as exc:
             raise InvalidDatasetError(f"element {tag} cannot be read: {type(exc).__name__}") from None
@@ -159,16 +170,38 @@ def check_elements_readable(ds: Dataset) -> None:
                 check_elements_readable(item)
 
 
+def check_uid_vrs(ds: Dataset) -> None:
+    """The UIDs that file and index an instance are UI elements: under another VR (AE, LO...) pydicom keeps the
+    UI padding (a trailing NUL) in the value, and the index would hold another UID than the one acknowledged."""
+    for keyword in _IDENTIFYING_UIDS:
+        if keyword in ds and ds[keyword].VR != "UI":
+            raise InvalidDatasetError(f"{keyword} has VR {ds[keyword].VR}, not UI")
+
+
 def _check_image_attributes(ds: Dataset) -> None:
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        bits, samples = int(ds.BitsAllocated), int(ds.get("SamplesPerPixel", 1))
-    except (AttributeError, TypeError, ValueError):
-        raise DatasetDoesNotMatchSOPClassError("image without Rows, Columns or Bits Allocated") from None
+    values: dict[str, int] = {}
+    for keyword in _PIXEL_MODULE_INTEGERS:
+        try:
+            value = ds.get(keyword)
+        except Exception:  # a value pydicom cannot convert
+            value = None
+        if not isinstance(value, int):
+            raise DatasetDoesNotMatchSOPClassError(f"image without a usable {keyword} (Image Pixel module)")
+        values[keyword] = value
+    rows, columns, samples, bits = (values[k] for k in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated"))
     if rows < 1 or columns < 1 or samples < 1 or bits not in (1, 8, 16, 32, 64):
         raise DatasetDoesNotMatchSOPClassError(
             f"no decodable image: Rows {rows}, Columns {columns}, Samples {samples}, Bits Allocated {bits}"
         )
+    if not 1 <= values["BitsStored"] <= bits or values["PixelRepresentation"] not in (0, 1):
+        raise DatasetDoesNotMatchSOPClassError(
+            f"no decodable image: Bits Stored {values['BitsStored']} of {bits} allocated, "
+            f"Pixel Representation {values['PixelRepresentation']}"
+        )
+    photometric = ds.get("PhotometricInterpretation")
+    if not isinstance(photometric, str) or photometric not in _PHOTOMETRIC_INTERPRETATIONS:
+        # The value itself is not echoed: it came from the wire.
+        raise DatasetDoesNotMatchSOPClassError("image without a known Photometric Interpretation")
 
 
 def _check_pixel_element(ds: Dataset, data: bytes, offset: int, transfer_syntax: UID) -> None:
@@ -181,6 +214,8 @@ def _check_pixel_element(ds: Dataset, data: bytes, offset: int, transfer_syntax:
         header = 12
         if len(data) < offset + header:
             raise InvalidDatasetError("Pixel Data element cut short")
+        if data[offset + 4 : offset + 6] not in _PIXEL_DATA_VRS:
+            raise InvalidDatasetError(f"Pixel Data with VR {data[offset + 4 : offset + 6]!r}, not OB or OW")
         (length,) = struct.unpack_from("<I", data, offset + 8)
     if length == UNDEFINED_LENGTH:
         _check_fragments(data, offset + header, transfer_syntax)
@@ -244,10 +279,13 @@ def _full_parse(part10: bytes, require_image: bool) -> Dataset:
     except Exception as exc:  # see parse_header
         raise InvalidDatasetError(f"dataset cannot be parsed: {type(exc).__name__}: {scrub_values(str(exc))}") from None
     check_elements_readable(ds)
+    check_uid_vrs(ds)
     if require_image:
         if "PixelData" not in ds:
             raise DatasetDoesNotMatchSOPClassError("image storage SOP class without Pixel Data")
         _check_image_attributes(ds)
+    if "PixelData" in ds and ds["PixelData"].VR not in ("OB", "OW"):
+        raise InvalidDatasetError(f"Pixel Data with VR {ds['PixelData'].VR!r}, not OB or OW")
     if "PixelData" in ds and not ds.file_meta.TransferSyntaxUID.is_compressed:
         actual, expected = len(ds.PixelData), _native_pixel_bytes(ds)
         if actual < expected:
