@@ -31,6 +31,8 @@ from starlette.requests import ClientDisconnect
 PARTS_IN_MEMORY_BYTES = 8 * 1024 * 1024
 # RFC 2046 allows a preamble before the first delimiter; one longer than this is not a STOW-RS body.
 PREAMBLE_MAX_BYTES = 64 * 1024
+# Chunks (uvicorn's are up to 64 KiB) are handed to the parser's thread this many bytes at a time.
+FEED_BATCH_BYTES = 1024 * 1024
 MAX_BOUNDARY_CHARS = 200  # RFC 2046 allows 70; python-multipart refuses more than 256
 MAX_PART_HEADERS = 32  # python-multipart's default (8) is tighter than what DICOMweb clients may send
 
@@ -114,15 +116,23 @@ async def receive_parts(
     reader = _PartReader(boundary, temp_dir)
     try:
         size = 0
+        batch: list[bytes] = []  # chunks not yet parsed
+        batch_size = 0
         try:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
                     raise StowError(413, f"request body exceeds http.max_stow_bytes ({limit})")
-                # Off the event loop: parts past the memory budget are written to disk.
-                await run_in_threadpool(reader.feed, chunk)
+                batch.append(chunk)
+                batch_size += len(chunk)
+                if batch_size >= FEED_BATCH_BYTES:
+                    # Off the event loop (parts past the memory budget are written to disk), in batches:
+                    # one thread hop per ~64 KiB chunk would cost more than the parsing.
+                    await run_in_threadpool(reader.feed_all, batch)
+                    batch, batch_size = [], 0
         except ClientDisconnect:
             raise StowError(400, "the client disconnected before the end of the body") from None
+        await run_in_threadpool(reader.feed_all, batch)
         return StowBody(reader.finish(), reader.spool_file, size)
     except BaseException:
         if reader.spool_file is not None:
@@ -182,6 +192,10 @@ class _PartReader:
         self._size = 0
 
     # --- the body, chunk by chunk ------------------------------------------------------------------
+    def feed_all(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.feed(chunk)
+
     def feed(self, chunk: bytes) -> None:
         if self._preamble is not None:
             self._preamble += chunk
