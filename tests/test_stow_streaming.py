@@ -4,7 +4,8 @@
   memory), is stored while the node process's peak resident memory grows by far less than the body;
 - a body over ``http.max_stow_bytes`` is refused (413) while it is still arriving, and nothing of it is
   stored, not even the complete parts before the one that crossed the limit;
-- a part without Content-Type is taken as application/dicom, a part of another type fails on its own.
+- a part without Content-Type is taken as application/dicom, a part of another type fails on its own;
+- a client that goes away in the middle of its body leaves nothing stored, no temp file and no traceback.
 
 The memory figure is a bound, not a timing: /proc/<pid>/status VmHWM (reset just before the request)."""
 
@@ -24,6 +25,7 @@ from demo.node_process import NodeProcess
 from demo.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from demo.stow_stream import SliceStream
 from tests.api_support import CREDENTIALS, SENDER, bearer, multipart_related, spool_files
+from tests.peers.net import wait_until
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -137,3 +139,25 @@ def test_a_part_without_content_type_is_dicom_a_part_of_another_type_fails_alone
     assert "part 1" in failed["00000902"]["Value"][0] and "application/json" in failed["00000902"]["Value"][0]
     [stored] = response.json()["00081199"]["Value"]
     assert stored["00081155"]["Value"] == [str(pydicom.dcmread(slice_file, stop_before_pixels=True).SOPInstanceUID)]
+
+
+def test_a_client_gone_mid_body_leaves_nothing_stored_and_no_temp_file(node: NodeProcess, tmp_path: Path) -> None:
+    files = make_ct_series(tmp_path / "ct", slices=2, rows=64, columns=64, seed=9)
+    body, content_type = multipart_related([f.read_bytes() for f in files])
+    count_before, spool_before = _instance_count(node), spool_files(node.data_dir)
+    assert node.http_port is not None
+    with socket.create_connection(("127.0.0.1", node.http_port), timeout=30) as sock:
+        head = [
+            "POST /dicom-web/studies HTTP/1.1",
+            f"Host: 127.0.0.1:{node.http_port}",
+            f"Authorization: Bearer {SENDER['secret']}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(body)}",
+        ]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body[: len(body) - 100])  # then it goes away
+    wait_until(lambda: "disconnected before the end of the body" in node.log_text(), 30, "the refusal in the log")
+    assert _instance_count(node) == count_before and spool_files(node.data_dir) == spool_before
+    assert not list((node.data_dir / "spool" / ".incoming").iterdir())
+    assert "Traceback" not in node.log_text()
+    with httpx.Client(base_url=node.http_url, timeout=30) as client:  # and the node goes on serving
+        assert client.get("/healthz").status_code == 200
