@@ -105,3 +105,12 @@ def test_malformed_bodies_are_refused_naming_the_part_and_the_byte_of_the_body(t
     assert _refusal(good[:20], tmp_path, chunk=chunk) == (400, "part 1 has no end of headers")
     assert _refusal(b"--b0und--", tmp_path, chunk=chunk) == (400, "multipart body has no parts")
     assert _refusal(b"x" * 70_000, tmp_path, chunk=chunk)[1].startswith("body does not contain the multipart boundary")
+
+
+def test_a_body_that_cannot_be_spooled_is_refused_as_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A temp folder that is not there stands in for a full disk: writing the temp file fails either way.
+    monkeypatch.setattr(stow_body, "PARTS_IN_MEMORY_BYTES", 100)
+    status, reason = _refusal(_body([b"z" * 1000]), tmp_path / "gone")
+    assert status == 503 and reason.startswith("the node cannot spool the request body"), reason

@@ -4,8 +4,9 @@ path as C-STORE (temp file, fsync, rename; then the index) — before the respon
 read as a stream into spooled parts by :mod:`node.api.stow_body`; this module stores them and builds the answer.
 
 Response (PS3.18 §10.5.3, application/dicom+json): 200 every instance stored; 202 some stored, the
-rest in FailedSOPSequence with a FailureReason; 409 none stored; 400 when the body itself is not a
-multipart/related message (nothing stored). The human-readable reason of each failure is the Error
+rest in FailedSOPSequence with a FailureReason; 409 none stored; when the request as a whole is refused,
+nothing is stored: 415 not multipart/related of application/dicom, 400 a malformed body, 413 a body over
+``http.max_stow_bytes``. The human-readable reason of each failure is the Error
 Comment of its FailedSOPSequence item; one ``Warning: 299`` header (PS3.18 §8.8.4 style) summarises
 them (one header per part would exceed what HTTP clients accept for large uploads).
 """

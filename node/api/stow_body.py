@@ -130,9 +130,11 @@ async def receive_parts(
                     # one thread hop per ~64 KiB chunk would cost more than the parsing.
                     await run_in_threadpool(reader.feed_all, batch)
                     batch, batch_size = [], 0
+            await run_in_threadpool(reader.feed_all, batch)
         except ClientDisconnect:
             raise StowError(400, "the client disconnected before the end of the body") from None
-        await run_in_threadpool(reader.feed_all, batch)
+        except OSError as exc:  # the temp file could not be written (disk full, temp folder gone)
+            raise StowError(503, f"the node cannot spool the request body: {exc.strerror or exc}") from None
         return StowBody(reader.finish(), reader.spool_file, size)
     except BaseException:
         if reader.spool_file is not None:
