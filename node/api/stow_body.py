@@ -286,8 +286,11 @@ class _PartReader:
     # --- the spool file ----------------------------------------------------------------------------------
     def _spool_end(self) -> int:
         if self.spool_file is None:
-            # Unnamed where the OS allows (O_TMPFILE), else unlinked at once: nothing to clean up after a crash.
-            self.spool_file = tempfile.TemporaryFile(dir=self.temp_dir)  # noqa: SIM115 (StowBody.close closes it)
+            # Unnamed where the OS allows (O_TMPFILE), else unlinked at once: nothing to clean up after a crash
+            # (the suffix: what Spool.clear_incoming removes at start-up, for the instant before the unlink).
+            self.spool_file = tempfile.TemporaryFile(  # noqa: SIM115 (StowBody.close closes it)
+                dir=self.temp_dir, prefix="stow-", suffix=".part"
+            )
         return self.spool_file.seek(0, os.SEEK_END)
 
     def _write_spool(self, data: bytes | bytearray | memoryview) -> None:
