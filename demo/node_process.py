@@ -36,8 +36,12 @@ class NodeProcess:
         *,
         ae_title: str = "AINODE",
         http: dict[str, Any] | None = None,
+        source_root: Path = REPO_ROOT,
     ) -> None:
+        """``source_root``: the checkout whose ``node`` package runs (a benchmark's baseline: an older tree
+        from ``git archive``); this one by default."""
         self.workdir = workdir
+        self.source_root = source_root
         workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "node-data"
         self.port = free_port()
@@ -82,12 +86,12 @@ class NodeProcess:
 
     def start(self, timeout_s: float = 30) -> NodeProcess:
         log = self.log_path.open("ab")
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(self.source_root)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "node", "serve", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
+            cwd=self.source_root,
             env=env,
             start_new_session=True,
         )

@@ -22,7 +22,8 @@ from node import __version__, metrics
 from node.api import actions
 from node.api.auth import SESSION_COOKIE, SESSION_LIFETIME_S, Authenticator, Permission, Principal
 from node.api.metrics import register_index_collector, stow_requests
-from node.api.stow import DICOM_JSON, StowError, split_multipart, store_parts, warning_header
+from node.api.stow import DICOM_JSON, store_parts, warning_header
+from node.api.stow_body import StowError, receive_parts
 from node.api.worklist import STATUSES, WorklistFilter, build_worklist
 from node.config import NodeConfig
 from node.index import queries
@@ -224,25 +225,33 @@ def create_app(
     async def stow(request: Request) -> Response:
         principal = auth.require(request, Permission.STOW)
         try:
-            body = await _read_body(request, http.max_stow_bytes)
-            parts = split_multipart(body, request.headers.get("content-type", ""))
+            body = await receive_parts(
+                request.stream(),
+                request.headers.get("content-type", ""),
+                declared_length=request.headers.get("content-length"),
+                limit=http.max_stow_bytes,
+                temp_dir=store.spool.incoming,
+            )
         except StowError as exc:
             stow_requests.labels(status=str(exc.status)).inc()
             log.warning("stow_refused", user=principal.name, status=exc.status, reason=exc.reason)
             return JSONResponse(
                 {"detail": exc.reason}, status_code=exc.status, headers={"Warning": warning_header(exc.reason)}
             )
-        del body  # the parts are views we still need; the joined body is not
-        result = await run_in_threadpool(
-            store_parts, store, parts, calling_ae=principal.ae_title, called_ae=config.dicom.ae_title
-        )
+        try:
+            result = await run_in_threadpool(
+                store_parts, store, body.parts, calling_ae=principal.ae_title, called_ae=config.dicom.ae_title
+            )
+        finally:
+            body.close()  # its spool file goes with it
         status = result.http_status()
         stow_requests.labels(status=str(status)).inc()
         log.info(
             "stow_request",
             user=principal.name,
             calling_ae=principal.ae_title,
-            parts=len(parts),
+            parts=len(body.parts),
+            body_bytes=body.size,
             stored=len(result.stored),
             failed=len(result.failed),
             status=status,
@@ -299,20 +308,6 @@ def create_app(
 
 def _page(name: str) -> str:
     return (STATIC_DIR / name).read_text(encoding="utf-8")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise StowError(413, f"request body of {declared} bytes exceeds http.max_stow_bytes ({limit})")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise StowError(413, f"request body exceeds http.max_stow_bytes ({limit})")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def readiness(

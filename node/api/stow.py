@@ -1,10 +1,12 @@
 """STOW-RS (PS3.18 §10.5): ``POST /dicom-web/studies`` with a multipart/related body of
 application/dicom parts, each stored through :meth:`InstanceStore.store_part10` — the same durable
-path as C-STORE (temp file, fsync, rename; then the index) — before the response is sent.
+path as C-STORE (temp file, fsync, rename; then the index) — before the response is sent. The body is
+read as a stream into spooled parts by :mod:`node.api.stow_body`; this module stores them and builds the answer.
 
 Response (PS3.18 §10.5.3, application/dicom+json): 200 every instance stored; 202 some stored, the
-rest in FailedSOPSequence with a FailureReason; 409 none stored; 400 when the body itself is not a
-multipart/related message (nothing stored). The human-readable reason of each failure is the Error
+rest in FailedSOPSequence with a FailureReason; 409 none stored; when the request as a whole is refused,
+nothing is stored: 415 not multipart/related of application/dicom, 400 a malformed body, 413 a body over
+``http.max_stow_bytes``. The human-readable reason of each failure is the Error
 Comment of its FailedSOPSequence item; one ``Warning: 299`` header (PS3.18 §8.8.4 style) summarises
 them (one header per part would exceed what HTTP clients accept for large uploads).
 """
@@ -23,6 +25,7 @@ import structlog
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from node import metrics
+from node.api.stow_body import SpooledPart, media_type
 from node.dimse_status import StoreStatus
 from node.errors import InvalidDatasetError, InvalidIdentifierError, OutOfResourcesError
 from node.store.ingest import InstanceStore
@@ -34,15 +37,6 @@ DICOM_JSON = "application/dicom+json"
 SOURCE = "stowrs"
 # The files are durable before this wait; past it the answer goes out and the index catches up.
 INDEX_FLUSH_TIMEOUT_S = 30.0
-
-
-class StowError(Exception):
-    """The request as a whole cannot be read: nothing is stored. ``status`` is the HTTP answer."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 class FailureReason(enum.IntEnum):
@@ -115,75 +109,14 @@ def warning_header(text: str) -> str:
     return f'299 ainode "{clean}"'
 
 
-# --- multipart/related ----------------------------------------------------------------------------------
-_PARAM = re.compile(r';\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
-
-
-def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
-    media, _, rest = value.partition(";")
-    params = {k.lower(): v[1:-1] if v.startswith('"') else v for k, v in _PARAM.findall(";" + rest)}
-    return media.strip().lower(), params
-
-
-def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
-    """The parts of a multipart/related body as (headers with lower-case names, content)."""
-    media, params = parse_content_type(content_type)
-    if media != "multipart/related":
-        raise StowError(415, f"Content-Type must be multipart/related, not {media or 'missing'}")
-    declared_type = params.get("type", "application/dicom").lower()
-    if declared_type != "application/dicom":
-        raise StowError(415, f"only type=application/dicom parts are supported, not {declared_type}")
-    boundary = params.get("boundary", "")
-    if not boundary or len(boundary) > 200:
-        raise StowError(400, "multipart/related Content-Type has no valid boundary parameter")
-    delimiter = b"--" + boundary.encode("latin-1")
-    # The first delimiter may open the body or follow a preamble line.
-    if body.startswith(delimiter):
-        pos = 0
-    else:
-        pos = body.find(b"\r\n" + delimiter)
-        if pos < 0:
-            raise StowError(400, "body does not contain the multipart boundary")
-        pos += 2
-    parts: list[tuple[dict[str, str], bytes]] = []
-    while True:
-        pos += len(delimiter)
-        if body[pos : pos + 2] == b"--":
-            break  # close delimiter
-        line_end = body.find(b"\r\n", pos)
-        if line_end < 0:
-            raise StowError(400, f"multipart body ends inside part {len(parts) + 1} (no closing boundary)")
-        header_end = body.find(b"\r\n\r\n", line_end)
-        if header_end == line_end:  # no headers at all: the blank line follows the delimiter line
-            headers_raw = b""
-        elif header_end < 0:
-            raise StowError(400, f"part {len(parts) + 1} has no end of headers")
-        else:
-            headers_raw = body[line_end + 2 : header_end]
-        content_start = header_end + 4
-        next_delim = body.find(b"\r\n" + delimiter, content_start)
-        if next_delim < 0:
-            raise StowError(400, f"multipart body ends inside part {len(parts) + 1} (no closing boundary)")
-        headers: dict[str, str] = {}
-        for line in headers_raw.split(b"\r\n"):
-            name, sep, value = line.decode("latin-1").partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        parts.append((headers, body[content_start:next_delim]))
-        pos = next_delim + 2
-    if not parts:
-        raise StowError(400, "multipart body has no parts")
-    return parts
-
-
 # --- storing -----------------------------------------------------------------------------------------
-def store_parts(
-    store: InstanceStore, parts: list[tuple[dict[str, str], bytes]], *, calling_ae: str, called_ae: str
-) -> StowResult:
-    """Store every part (blocking: each returns once durable and indexed)."""
+def store_parts(store: InstanceStore, parts: list[SpooledPart], *, calling_ae: str, called_ae: str) -> StowResult:
+    """Store every part (blocking: each returns once durable and indexed). One part's content is in
+    memory at a time."""
     result = StowResult()
-    for index, (headers, content) in enumerate(parts, start=1):
-        part_type, _ = parse_content_type(headers.get("content-type", "application/dicom"))
+    for part in parts:
+        index = part.index
+        part_type, _ = media_type(part.headers.get("content-type", "application/dicom"))
         if part_type != "application/dicom":
             result.outcomes.append(
                 _failed(
@@ -191,6 +124,7 @@ def store_parts(
                 )
             )
             continue
+        content = part.read()
         try:
             stored = store.store_part10(content, calling_ae=calling_ae, called_ae=called_ae)
         except OutOfResourcesError as exc:

@@ -190,7 +190,8 @@ class HttpConfig(_Model):
     viewer_url_template: str = "http://localhost:3000/viewer?StudyInstanceUIDs={study_uid}"
     stow_calling_ae: str = "STOWRS"
     refresh_interval_s: float = Field(default=15.0, ge=2)
-    # Largest STOW-RS request body accepted (bytes); the body is held in memory while it is stored.
+    # Largest STOW-RS request body accepted (bytes), refused (413) as soon as it is exceeded; the body is
+    # read as a stream, its parts spooled to temp files beside the spool (memory stays a few MB).
     max_stow_bytes: int = Field(default=2 * 1024**3, ge=1024)
 
     _check_stow_aet = field_validator("stow_calling_ae")(validate_ae_title)
