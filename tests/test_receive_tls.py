@@ -40,7 +40,9 @@ def series(tmp_path: Path) -> list[Path]:
     return make_ct_series(tmp_path / "series", slices=4)
 
 
-def _tls_node(tmp_path: Path, server: CertAndKey, callers: list[dict[str, Any]] | None = None, **tls: Any) -> NodeProcess:
+def _tls_node(
+    tmp_path: Path, server: CertAndKey, callers: list[dict[str, Any]] | None = None, **tls: Any
+) -> NodeProcess:
     tls_section = {"port": free_port(), "cert_file": str(server.cert), "key_file": str(server.key), **tls}
     dicom: dict[str, Any] = {"tls": tls_section}
     if callers is not None:
@@ -227,7 +229,9 @@ def _dicom(tmp_path: Path, server: CertAndKey, **dicom: Any) -> dict[str, Any]:
 def test_bad_tls_config_is_refused_naming_the_field(tmp_path: Path, server_cert: CertAndKey) -> None:
     cases = {
         "require_client_cert needs ca_file": {"tls": {"require_client_cert": True}},
-        "name a certificate_cn: that needs tls.ca_file": {"allowed_callers": [{"ae_title": "A", "certificate_cn": "a"}]},
+        "name a certificate_cn: that needs tls.ca_file": {
+            "allowed_callers": [{"ae_title": "A", "certificate_cn": "a"}]
+        },
         "tls.port 2762 is also dicom.port": {"port": 2762},
         "dicom.tls.min_version": {"tls": {"min_version": "1.1"}},
         "dicom.tls.key_file": {"tls": {"key_file": str(tmp_path / "missing.key")}},
