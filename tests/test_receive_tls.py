@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from demo.netutil import free_port, port_open
 from demo.node_process import NodeProcess
 from node.config import parse_config
 from node.errors import ConfigError
-from node.receive.tls import ServerTlsContext
+from node.receive.tls import ServerTlsContext, build_server_context
 from tests.peers.dcmtk import echoscu, storescu
 from tests.peers.orthanc import OrthancPeer
 from tests.tls_certs import CertAndKey, ThrowawayCa
@@ -251,3 +253,44 @@ def test_key_that_does_not_match_the_certificate_stops_start_up(tmp_path: Path, 
     assert config.dicom.tls is not None
     with pytest.raises(ConfigError, match=r"dicom\.tls\.cert_file/key_file"):
         ServerTlsContext(config.dicom.tls)
+
+
+def _handshake(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> str:
+    """One in-process handshake over a socket pair; the client's negotiated version, or the server's error."""
+    server_end, client_end = socket.socketpair()
+    outcome: dict[str, str] = {}
+
+    def serve() -> None:
+        try:
+            with server_context.wrap_socket(server_end, server_side=True):
+                pass
+        except (OSError, ssl.SSLError) as exc:
+            outcome["server"] = type(exc).__name__
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with client_context.wrap_socket(client_end, server_hostname="localhost") as tls:
+            version = str(tls.version())
+    except (OSError, ssl.SSLError) as exc:
+        version = f"refused ({type(exc).__name__})"
+    thread.join(timeout=10)
+    return version
+
+
+def test_min_version_is_the_oldest_tls_the_port_accepts(
+    tmp_path: Path, ca: ThrowawayCa, server_cert: CertAndKey
+) -> None:
+    """OpenSSL on both sides, in-process (no DICOM peer needed for a TLS version check)."""
+
+    def client(max_version: ssl.TLSVersion) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(ca.cert))
+        context.maximum_version = max_version
+        return context
+
+    for min_version, tls12, tls13 in [("1.2", "TLSv1.2", "TLSv1.3"), ("1.3", "refused", "TLSv1.3")]:
+        config = parse_config(_dicom(tmp_path, server_cert, tls={"min_version": min_version})).dicom.tls
+        assert config is not None
+        server = build_server_context(config)
+        assert _handshake(server, client(ssl.TLSVersion.TLSv1_2)).startswith(tls12), min_version
+        assert _handshake(server, client(ssl.TLSVersion.TLSv1_3)) == tls13, min_version
