@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 from pathlib import Path
+from typing import cast
 
 import structlog
 from pynetdicom.transport import ThreadedAssociationServer
@@ -132,6 +133,7 @@ def peer_certificate_cn(sock: object) -> str | None:
     if not isinstance(sock, ssl.SSLSocket):
         return None
     cert = sock.getpeercert()  # {} or None unless the certificate was presented and verified
-    subject: tuple[tuple[tuple[str, str], ...], ...] = (cert or {}).get("subject", ())  # type: ignore[assignment]
+    # typeshed types every value of the certificate dict as one union; "subject" is the RDN sequence.
+    subject = cast(tuple[tuple[tuple[str, str], ...], ...], (cert or {}).get("subject", ()))
     names = [attribute[1] for rdn in subject for attribute in rdn if attribute[0] == "commonName"]
     return names[0] if names else None
