@@ -235,6 +235,11 @@ def test_bad_tls_config_is_refused_naming_the_field(tmp_path: Path, server_cert:
             "allowed_callers": [{"ae_title": "A", "certificate_cn": "a"}]
         },
         "tls.port 2762 is also dicom.port": {"port": 2762},
+        "which accept_any_caller would ignore": {
+            "accept_any_caller": True,
+            "allowed_callers": [{"ae_title": "A", "certificate_cn": "a"}],
+            "tls": {"ca_file": str(server_cert.cert)},
+        },
         "dicom.tls.min_version": {"tls": {"min_version": "1.1"}},
         "dicom.tls.key_file": {"tls": {"key_file": str(tmp_path / "missing.key")}},
     }

@@ -106,6 +106,9 @@ class DicomConfig(_Model):
     @model_validator(mode="after")
     def _tls_consistent(self) -> DicomConfig:
         bound = [c.ae_title for c in self.allowed_callers if c.certificate_cn is not None]
+        if bound and self.accept_any_caller:
+            # accept_any_caller ignores the allow-list: the binding would silently protect nothing.
+            raise ValueError(f"allowed_callers {bound} name a certificate_cn, which accept_any_caller would ignore")
         if bound and (self.tls is None or self.tls.ca_file is None):
             raise ValueError(
                 f"allowed_callers {bound} name a certificate_cn: that needs tls.ca_file "
