@@ -73,18 +73,25 @@ def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
 
 
 def _leaf(
-    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, name: str, usage: x509.ObjectIdentifier
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    name: str,
+    usage: x509.ObjectIdentifier,
+    *,
+    expired: bool = False,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = _key()
     now = dt.datetime.now(dt.UTC)
+    # An expired certificate: valid for a day that ended an hour ago.
+    not_after = now - dt.timedelta(hours=1) if expired else now + dt.timedelta(days=1)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(not_after - dt.timedelta(days=1) if expired else now - dt.timedelta(minutes=5))
+        .not_valid_after(not_after)
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
@@ -111,3 +118,26 @@ def make_tls_files(folder: Path) -> TlsFiles:
         client_key=_write_key(client_key, folder / "client.key"),
         other_ca_cert=_write_cert(other_ca, folder / "other-ca.pem"),
     )
+
+
+@dataclass(frozen=True)
+class CertAndKey:
+    cert: Path
+    key: Path
+
+
+class ThrowawayCa:
+    """A CA in ``folder`` (ca.pem) that issues server and client certificates on demand."""
+
+    def __init__(self, folder: Path, name: str = "ainode test CA") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self._key, self._cert = _ca(name)
+        self.cert = _write_cert(self._cert, folder / "ca.pem")
+
+    def issue(self, name: str, *, server: bool = False, expired: bool = False, stem: str | None = None) -> CertAndKey:
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        key, cert = _leaf(self._key, self._cert, name, usage, expired=expired)
+        stem = stem or name.lower()
+        return CertAndKey(cert=_write_cert(cert, self.folder / f"{stem}.pem"),
+                          key=_write_key(key, self.folder / f"{stem}.key"))  # fmt: skip

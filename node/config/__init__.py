@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # The retry policy's model sits with the backoff it parameterises, in node/export (see ARCHITECTURE.md:
 # the one import of the config layer upwards, left while the outbox's retry logic is being changed).
@@ -33,10 +42,14 @@ class _Model(BaseModel):
 
 
 class AllowedCaller(_Model):
-    """A peer allowed to open associations: its calling AE title and, optionally, its host."""
+    """A peer allowed to open associations: its calling AE title and, optionally, its host and the client
+    certificate it must present."""
 
     ae_title: str
     host: str | None = Field(default=None, description="IP address the peer must connect from")
+    # Binds the AE title to a client certificate: this caller is then accepted only on the TLS port, with a
+    # certificate (verified against dicom.tls.ca_file) whose subject common name is exactly this.
+    certificate_cn: str | None = Field(default=None, min_length=1, max_length=64)
 
     _check_aet = field_validator("ae_title")(validate_ae_title)
 
@@ -46,6 +59,27 @@ class AllowedCaller(_Model):
         if value is not None:
             ipaddress.ip_address(value)  # raises ValueError with a clear message
         return value
+
+
+class DicomTlsConfig(_Model):
+    """DICOM TLS (PS3.15 B.1) on a second port beside the plain one (or instead of it)."""
+
+    port: int = Field(default=2762, ge=1, le=65535)  # 2762: IANA's dicom-tls
+    cert_file: FilePath  # our certificate (PEM, chain after the leaf)
+    key_file: FilePath
+    # CA(s) that sign the client certificates we accept; without it no client certificate is asked for.
+    ca_file: FilePath | None = None
+    # Mutual TLS: a peer without a client certificate signed by ca_file fails the handshake.
+    require_client_cert: bool = False
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # Serve DICOM only over TLS: dicom.port is then not opened.
+    disable_plain_port: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_client_certs(self) -> DicomTlsConfig:
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CA that signs the client certificates)")
+        return self
 
 
 class DicomConfig(_Model):
@@ -63,10 +97,26 @@ class DicomConfig(_Model):
     # A connection that has not completed its A-ASSOCIATE request this soon is dropped; it never holds
     # one of the max_associations slots (those go to callers that passed the allow-list).
     handshake_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    tls: DicomTlsConfig | None = None
 
     _check_aet = field_validator("ae_title")(validate_ae_title)
 
     _check_bind = field_validator("bind_address")(validate_ip_address)
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> DicomConfig:
+        bound = [c.ae_title for c in self.allowed_callers if c.certificate_cn is not None]
+        if bound and self.accept_any_caller:
+            # accept_any_caller ignores the allow-list: the binding would silently protect nothing.
+            raise ValueError(f"allowed_callers {bound} name a certificate_cn, which accept_any_caller would ignore")
+        if bound and (self.tls is None or self.tls.ca_file is None):
+            raise ValueError(
+                f"allowed_callers {bound} name a certificate_cn: that needs tls.ca_file "
+                "(the CA that signs the client certificates)"
+            )
+        if self.tls is not None and self.tls.port == self.port and not self.tls.disable_plain_port:
+            raise ValueError(f"tls.port {self.tls.port} is also dicom.port: give the TLS listener its own port")
+        return self
 
 
 class StorageConfig(_Model):

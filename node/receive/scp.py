@@ -7,6 +7,7 @@ trip) and hands them to :class:`InstanceStore`, which answers only once they are
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from typing import Any, cast
 
@@ -36,7 +37,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node import metrics
-from node.config import DicomConfig
+from node.config import AllowedCaller, DicomConfig
 from node.dimse_status import (
     AssociateRejectProviderReason,
     AssociateRejectReason,
@@ -46,6 +47,7 @@ from node.dimse_status import (
     StoreStatus,
 )
 from node.errors import (
+    ConfigError,
     DatasetDoesNotMatchSOPClassError,
     InvalidDatasetError,
     InvalidIdentifierError,
@@ -53,6 +55,7 @@ from node.errors import (
 )
 from node.logging_setup import quiet_pynetdicom
 from node.receive import latency
+from node.receive.tls import ServerTlsContext, TlsAssociationServer, peer_certificate_cn
 from node.store.ingest import InstanceStore
 
 log = structlog.get_logger(__name__)
@@ -107,7 +110,10 @@ class StorageSCP:
         self.config = config
         self.store = store
         self._server: ThreadedAssociationServer | None = None
-        self._allowed = {c.ae_title: c.host for c in config.allowed_callers}
+        self._tls_server: TlsAssociationServer | None = None
+        # Built now: unreadable or mismatched certificate files stop start-up (ConfigError naming the field).
+        self.tls = ServerTlsContext(config.tls) if config.tls is not None else None
+        self._allowed: dict[str, AllowedCaller] = {c.ae_title: c for c in config.allowed_callers}
         # Slots of max_associations, held only by associations that passed the allow-list.
         self._slots: set[Association] = set()
         self._slots_lock = threading.Lock()
@@ -138,16 +144,43 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = self.ae.start_server(
-            (self.config.bind_address, self.config.port), block=False, evt_handlers=handlers
-        )
+        plain = self.config.tls is None or not self.config.tls.disable_plain_port
+        if plain:
+            self._server = self.ae.start_server(
+                (self.config.bind_address, self.config.port), block=False, evt_handlers=handlers
+            )
+        if self.tls is not None:
+            self._tls_server = self._start_tls_server(handlers)
         log.info(
             "scp_listening",
             ae_title=self.config.ae_title,
-            port=self.port,
+            port=self.port if plain else None,
+            tls_port=self.tls_port,
+            client_certificates=None if self.tls is None else self._client_certificate_policy(),
             allowed_callers=sorted(self._allowed),
             accept_any_caller=self.config.accept_any_caller,
         )
+
+    def _start_tls_server(self, handlers: list[Any]) -> TlsAssociationServer:
+        """pynetdicom's start_server(block=False), with our server class (the handshake off the accept loop)."""
+        assert self.tls is not None
+        address = (self.config.bind_address, self.tls.config.port)
+        try:
+            made = self.ae.make_server(address, evt_handlers=handlers, server_class=TlsAssociationServer)
+        except OSError as exc:
+            raise ConfigError(f"dicom.tls.port: cannot listen on {address[0]}:{address[1]} ({exc.strerror})") from None
+        server = cast(TlsAssociationServer, made)  # make_server is typed as returning its default class
+        server.tls = self.tls
+        server.handshake_timeout_s = self.config.handshake_timeout_s
+        self.ae._servers.append(server)  # as start_server does: AE.shutdown() then stops it too
+        threading.Thread(target=server.serve_forever, name="TlsAcceptor", daemon=True).start()
+        return server
+
+    def _client_certificate_policy(self) -> str:
+        assert self.tls is not None
+        if self.tls.config.ca_file is None:
+            return "not asked"
+        return "required" if self.tls.config.require_client_cert else "verified when presented"
 
     @property
     def port(self) -> int:
@@ -155,10 +188,18 @@ class StorageSCP:
             return self.config.port
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        if self._tls_server is not None:
+            return int(self._tls_server.server_address[1])
+        return None if self.config.tls is None else self.config.tls.port
+
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()
+        self._server = None
+        self._tls_server = None
 
     # --- handlers ------------------------------------------------------------------------------
     def _on_connection_open(self, event: evt.Event) -> None:
@@ -184,11 +225,7 @@ class StorageSCP:
         if self.config.accept_any_caller:
             self._take_slot(assoc)
             return
-        reason = None
-        if calling not in self._allowed:
-            reason = "calling AE title not in the allow-list"
-        elif self._allowed[calling] is not None and self._allowed[calling] != host:
-            reason = "calling AE title not allowed from this host"
+        reason = self._refusal(calling, host, assoc)
         if reason is not None:
             log.warning("association_rejected", calling_ae=calling, peer_host=host, reason=reason)
             metrics.associations.labels(outcome="rejected").inc()
@@ -202,6 +239,24 @@ class StorageSCP:
             assoc.kill()
             return
         self._take_slot(assoc)
+
+    def _refusal(self, calling: str, host: str, assoc: Association) -> str | None:
+        """Why the allow-list refuses this caller, or None."""
+        caller = self._allowed.get(calling)
+        if caller is None:
+            return "calling AE title not in the allow-list"
+        if caller.host is not None and caller.host != host:
+            return "calling AE title not allowed from this host"
+        if caller.certificate_cn is not None:
+            sock = assoc.dul.socket.socket if assoc.dul.socket else None
+            if not isinstance(sock, ssl.SSLSocket):
+                return "calling AE title is bound to a client certificate: TLS port only"
+            presented = peer_certificate_cn(sock)
+            if presented is None:
+                return "calling AE title is bound to a client certificate: none presented"
+            if presented != caller.certificate_cn:
+                return f"client certificate CN {presented!r} is not the one bound to this calling AE title"
+        return None
 
     def _take_slot(self, assoc: Association) -> None:
         """One of max_associations for an allowed caller, or A-ASSOCIATE-RJ (transient, local limit)."""
@@ -229,10 +284,13 @@ class StorageSCP:
             sock.settimeout(self.config.network_timeout_s)
         metrics.associations.labels(outcome="accepted").inc()
         metrics.active_associations.inc()
+        tls = sock.version() if isinstance(sock, ssl.SSLSocket) else None
         log.info(
             "association_established",
             calling_ae=event.assoc.requestor.ae_title.strip(),
             peer_host=event.assoc.requestor.address,
+            tls=tls,
+            client_certificate_cn=peer_certificate_cn(sock),
         )
 
     def _on_released(self, event: evt.Event) -> None:
