@@ -219,11 +219,12 @@ class HttpAuthConfig(_Model):
         for credential in self.credentials:
             kind = secret_hash_kind(credential.secret_hash.get_secret_value())
             if kind != wanted:
-                raise ValueError(
-                    f"credential {credential.name!r}: mode {self.mode} needs a "
-                    + ("sha256:HEX token digest (`ainode hash-secret --token`)" if wanted == "sha256" else
-                       "argon2id password hash (`ainode hash-secret`): a fast digest would not protect a password")
-                )  # fmt: skip
+                needed = (
+                    "a sha256:HEX token digest (`ainode hash-secret --token`)"
+                    if wanted == "sha256"
+                    else "an argon2id password hash (`ainode hash-secret`): a fast digest would not protect a password"
+                )
+                raise ValueError(f"credential {credential.name!r}: mode {self.mode} needs {needed}")
         # A bearer token alone says who is calling: two credentials with one token would be ambiguous.
         digests = [c.secret_hash.get_secret_value() for c in self.credentials]
         for index, credential in enumerate(self.credentials):
