@@ -81,6 +81,15 @@ def test_tls_1_2_and_1_3_are_offered(node: NodeProcess, tls: TlsFiles, version: 
         assert client.get(f"{node.http_url}/healthz").status_code == 200
 
 
+def test_tls_1_2_without_forward_secrecy_or_with_cbc_is_refused(node: NodeProcess, tls: TlsFiles) -> None:
+    for cipher in ("ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA", "AES128-GCM-SHA256"):
+        context = ssl.create_default_context(cafile=str(tls.ca_cert))
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(cipher + ":@SECLEVEL=0")
+        with pytest.raises(httpx.ConnectError):  # a handshake failure alert, or the connection closed
+            httpx.get(f"{node.http_url}/healthz", verify=context, timeout=10)
+
+
 def test_worklist_over_https_in_chromium_trusting_the_test_ca(node: NodeProcess, tls: TlsFiles, tmp_path: Path) -> None:
     files = make_ct_series(tmp_path / "ct", slices=3, rows=32, columns=32)
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
