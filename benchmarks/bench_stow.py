@@ -24,6 +24,7 @@ from demo.local_pacs import LocalOrthanc
 from demo.node_process import REPO_ROOT, NodeProcess
 from demo.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from demo.stow_stream import SliceStream
+from node.api.secret_hash import token_digest
 
 MB = 1e6
 MiB = 1024 * 1024
@@ -52,7 +53,13 @@ def _post(url: str, pid: int, slices: int, headers: dict[str, str]) -> tuple[flo
 
 
 def _node_runs(work: Path, slices: int, repeat: int, source_root: Path | None = None) -> list[tuple[float, int, int]]:
-    http = {"auth": {"mode": "token", "credentials": [TOKEN]}}
+    root = source_root or REPO_ROOT
+    # A baseline tree from before hashed secrets (issue 15) wants the token itself in its config.
+    hashed = "secret_hash" in (root / "node" / "config" / "__init__.py").read_text()
+    credential = {**TOKEN, "secret_hash": token_digest(TOKEN["secret"])} if hashed else dict(TOKEN)
+    if hashed:
+        del credential["secret"]
+    http = {"auth": {"mode": "token", "credentials": [credential]}}
     config = {"workers": {"processes": 0}, "logging": {"level": "INFO"}}
     with NodeProcess(work, config, http=http, source_root=source_root or REPO_ROOT) as node:
         assert node.process is not None

@@ -54,10 +54,12 @@ from demo.local_pacs import LocalOrthanc
 from demo.netutil import wait_until
 from demo.node_process import NodeProcess
 from demo.paths import PHILIPS_CT
+from node.api.secret_hash import token_digest
 from node.dimse_status import StoreStatus
 
 CALLER = "TESTSCU"  # allowed by NodeProcess, like STORESCU
 STOW_SECRET = "campaign-sender-secret"
+SENDER_CREDENTIAL = {"name": "pacs", "secret_hash": token_digest(STOW_SECRET), "role": "sender"}
 MAX_ASSOCIATIONS = 2
 ACKNOWLEDGING = {int(StoreStatus.SUCCESS), *(int(s) for s in StoreStatus if s.name.startswith("WARNING"))}
 
@@ -373,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         node = NodeProcess(
             work / "node",
             {"dicom": {"max_associations": MAX_ASSOCIATIONS}, "workers": {"processes": 0}},
-            http={"auth": {"credentials": [{"name": "pacs", "secret": STOW_SECRET, "role": "sender"}]}},
+            http={"auth": {"credentials": [SENDER_CREDENTIAL]}},
         )
         phases = [
             ("c_store_mutations", lambda: mutated_stores(node, source, args.mutations, rng, run)),

@@ -109,7 +109,8 @@ class NodeProcess:
     @property
     def http_url(self) -> str:
         assert self.http_port is not None, "started without http="
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.config.get("http", {}).get("tls") else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     def kill(self) -> None:
         """SIGKILL the whole process group (node and its workers), as a crash would."""

@@ -21,6 +21,7 @@ import httpx
 from demo.local_pacs import LocalOrthanc, orthanc_available
 from demo.netutil import free_port
 from demo.paths import AUTOROUTE_LUA, PHILIPS_CT
+from node.api.secret_hash import hash_password
 from node.config import NodeConfig
 from node.index import queries
 from node.index.states import DeliveryState, JobState
@@ -56,7 +57,10 @@ def demo_config(workdir: Path, orthanc: LocalOrthanc, node_port: int, http_port:
             "http": {
                 "enabled": True,
                 "port": http_port,
-                "auth": {"mode": "basic", "credentials": [{"name": "demo", "secret": password, "role": "operator"}]},
+                "auth": {
+                    "mode": "basic",
+                    "credentials": [{"name": "demo", "secret_hash": hash_password(password), "role": "operator"}],
+                },
                 # No OHIF in the demo: the worklist links to the study's series in the PACS's DICOMweb.
                 "viewer_url_template": orthanc.dicomweb_url + "/studies/{study_uid}/series",
             },

@@ -11,6 +11,8 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v gdcmconv >/dev/null || need+=(libgdcm-tools)
 command -v nginx >/dev/null || need+=(nginx)
 command -v chromium >/dev/null || need+=(chromium)
+# certutil: the HTTPS browser test trusts its test CA in a throw-away NSS database, as Chromium reads it.
+command -v certutil >/dev/null || need+=(libnss3-tools)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

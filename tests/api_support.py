@@ -10,13 +10,29 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from node.api.secret_hash import hash_password, token_digest
 from node.index.db import Database, now
 
+# What the clients hold ("secret": the token or password they send); the node's config gets hashes of them.
 OPERATOR = {"name": "op", "secret": "operator-secret-1", "role": "operator", "ae_title": "STOWOP"}
 VIEWER = {"name": "rad", "secret": "viewer-secret-1", "role": "viewer"}
 SENDER = {"name": "pacs", "secret": "sender-secret-1", "role": "sender", "ae_title": "PACSWEB"}
 CREDENTIALS = [OPERATOR, VIEWER, SENDER]
 ACTION = {"X-AINode-Action": "1"}
+
+
+def token_credentials(creds: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``http.auth.credentials`` for token mode: each client's token as its sha256 digest."""
+    return [{**_without_secret(c), "secret_hash": token_digest(c["secret"])} for c in creds]
+
+
+def password_credentials(creds: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``http.auth.credentials`` for basic mode: each client's password as an argon2id hash."""
+    return [{**_without_secret(c), "secret_hash": hash_password(c["secret"])} for c in creds]
+
+
+def _without_secret(cred: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in cred.items() if k != "secret"}
 
 
 def bearer(cred: dict[str, str]) -> dict[str, str]:

@@ -57,6 +57,10 @@ NEEDS: dict[str, tuple[Callable[[], bool], str]] = {
         ),
         f"Chromium, node or playwright-core is missing: {_PEERS}",
     ),
+    "certutil": (
+        lambda: shutil.which("certutil") is not None,
+        f"certutil (libnss3-tools: an NSS database for Chromium to trust a test CA) is missing: {_PEERS}",
+    ),
     "ohif": (ohif_available, f"the OHIF build, playwright-core, nginx or Chromium is missing: {_PEERS}"),
 }
 

@@ -29,6 +29,7 @@ from tests.api_support import (
     scrape,
     spool_files,
     stow,
+    token_credentials,
 )
 from tests.dicom_files import dataset_bytes
 from tests.peers.dcmtk import storescu
@@ -40,7 +41,7 @@ pytestmark = [pytest.mark.peers, pytest.mark.needs("dcmtk")]
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     workdir = tmp_path_factory.mktemp("api-node")
-    with NodeProcess(workdir, http={"auth": {"mode": "token", "credentials": CREDENTIALS}}) as n:
+    with NodeProcess(workdir, http={"auth": {"mode": "token", "credentials": token_credentials(CREDENTIALS)}}) as n:
         yield n
 
 
@@ -409,7 +410,7 @@ def test_orthanc_pushes_a_study_over_stow_rs(node: NodeProcess, tmp_path: Path) 
 
 
 def test_disk_below_watermark_makes_the_node_unready_and_stow_refuse(tmp_path: Path) -> None:
-    http = {"auth": {"mode": "token", "credentials": CREDENTIALS}}
+    http = {"auth": {"mode": "token", "credentials": token_credentials(CREDENTIALS)}}
     full_disk = {"storage": {"min_free_disk_mb": 1 << 40}}  # more than any disk here: "full"
     with NodeProcess(tmp_path / "node", full_disk, http=http) as full:
         ready = httpx.get(f"{full.http_url}/readyz", timeout=10)

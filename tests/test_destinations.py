@@ -383,12 +383,21 @@ def test_http_destinations_authenticate(tmp_path: Path, results: list[Path]) -> 
     with OrthancPeer(tmp_path / "orthanc-auth", credentials=("ainode", "s3cret")) as peer:
         good = {"type": "basic", "username": "ainode", "password": "s3cret"}
         bad = {**good, "password": "wrong"}
+        (tmp_path / "password").write_text("s3cret\n")  # a Docker secret / systemd credential file
+        from_file = {"type": "basic", "username": "ainode", "password_file": str(tmp_path / "password")}
         cfg = parse_destinations(
             {
                 "stow": {"type": "stow-rs", "url": peer.dicomweb_url, "auth": good},
                 "stow-bad": {"type": "stow-rs", "url": peer.dicomweb_url, "auth": bad},
                 "stow-bearer": {"type": "stow-rs", "url": peer.dicomweb_url, "auth": {"type": "bearer", "token": "x"}},
                 "rest": {"type": "orthanc-rest", "url": peer.url, "username": "ainode", "password": "s3cret"},
+                "stow-file": {"type": "stow-rs", "url": peer.dicomweb_url, "auth": from_file},
+                "rest-file": {
+                    "type": "orthanc-rest",
+                    "url": peer.url,
+                    "username": "ainode",
+                    "password_file": str(tmp_path / "password"),
+                },
                 "rest-none": {"type": "orthanc-rest", "url": peer.url},
             }
         )
@@ -396,6 +405,10 @@ def test_http_destinations_authenticate(tmp_path: Path, results: list[Path]) -> 
         assert build_destination("stow", cfg["stow"]).send(results[:1]).ok
         assert build_destination("rest", cfg["rest"]).send(results[1:]).ok
         assert peer.instance_count() == len(results)
+        # The same password read from a file: accepted by the real Orthanc over both transports.
+        build_destination("stow-file", cfg["stow-file"]).ping()
+        assert build_destination("stow-file", cfg["stow-file"]).send(results[:1]).ok
+        assert build_destination("rest-file", cfg["rest-file"]).send(results[1:]).ok
         for name in ("stow-bad", "stow-bearer", "rest-none"):
             with pytest.raises(DeliveryError) as err:
                 build_destination(name, cfg[name]).send(results)

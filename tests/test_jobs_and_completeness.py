@@ -133,13 +133,14 @@ def test_workers_receive_their_settings_and_no_secrets() -> None:
     """A spawned worker gets its settings as JSON: what it needs round-trips; secrets and routes stay home."""
     import json
 
+    from node.api.secret_hash import token_digest
     from node.config import parse_config
     from node.work.supervisor import worker_payload
     from node.work.worker import WorkerSettings
 
     config = parse_config(
         {
-            "http": {"auth": {"credentials": [{"name": "ops", "secret": "top-secret-1"}]}},
+            "http": {"auth": {"credentials": [{"name": "ops", "secret_hash": token_digest("top-secret-1")}]}},
             "destinations": {"pacs": {"type": "stow-rs", "url": "http://127.0.0.1:1/dicom-web",
                                       "auth": {"type": "basic", "username": "u", "password": "pacs-password"}}},
             "workers": {"device": "cpu", "torch_threads": 3,
@@ -148,7 +149,7 @@ def test_workers_receive_their_settings_and_no_secrets() -> None:
     )  # fmt: skip
     payload = worker_payload(config)
     text = json.dumps(payload)
-    assert "top-secret-1" not in text and "pacs-password" not in text and "**" not in text
+    assert token_digest("top-secret-1") not in text and "pacs-password" not in text and "**" not in text
     again = WorkerSettings.model_validate(payload)  # what worker_process_main does
     assert again == WorkerSettings.from_config(config)
     assert again.workers.pipeline_options == {"lung-nodule": {"detection_threshold": 0.4}}

@@ -24,14 +24,14 @@ from demo.ct_factory import make_ct_series
 from demo.node_process import NodeProcess
 from demo.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from demo.stow_stream import SliceStream
-from tests.api_support import CREDENTIALS, SENDER, bearer, multipart_related, spool_files
+from tests.api_support import CREDENTIALS, SENDER, bearer, multipart_related, spool_files, token_credentials
 from tests.peers.net import wait_until
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 MiB = 1024 * 1024
 SLICES = 600  # 512 x 512 x 16 bit each: a body of about 300 MiB
-AUTH = {"auth": {"mode": "token", "credentials": CREDENTIALS}}
+AUTH = {"auth": {"mode": "token", "credentials": token_credentials(CREDENTIALS)}}
 
 
 @pytest.fixture(scope="module")

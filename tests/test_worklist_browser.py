@@ -18,7 +18,7 @@ import pytest
 
 from demo.ct_factory import CANARY_PATIENT_NAME, make_ct_series
 from demo.node_process import NodeProcess
-from tests.api_support import SENDER, add_findings_job, add_pending_delivery, stow
+from tests.api_support import SENDER, add_findings_job, add_pending_delivery, password_credentials, stow
 from tests.peers.dcmtk import storescu
 from tests.peers.net import free_port, wait_until
 from tests.peers.ohif import REPO, run_browser_script
@@ -34,7 +34,11 @@ VIEWER_TEMPLATE = "http://viewer.example:3000/viewer?StudyInstanceUIDs={study_ui
 def test_worklist_page_in_chromium(tmp_path: Path) -> None:
     http = {
         # Health and metrics closed even on loopback here: they need credentials like the API.
-        "auth": {"mode": "basic", "credentials": [OPERATOR_BASIC, SENDER], "open_health_on_loopback": False},
+        "auth": {
+            "mode": "basic",
+            "credentials": password_credentials([OPERATOR_BASIC, SENDER]),
+            "open_health_on_loopback": False,
+        },
         "show_patient_identity": True,
         "priority_threshold": 0.7,
         "viewer_url_template": VIEWER_TEMPLATE,

@@ -7,7 +7,7 @@ gets its own SQLite connection from :class:`Database`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,6 +92,17 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     app.state.authenticator = auth
+    if http.tls is not None:
+        hsts = f"max-age={http.tls.hsts_max_age_s}"
+
+        # Every response over HTTPS tells the browser to use nothing else for this host (RFC 6797).
+        @app.middleware("http")
+        async def strict_transport_security(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            response = await call_next(request)
+            response.headers["Strict-Transport-Security"] = hsts
+            return response
 
     # --- health and metrics -----------------------------------------------------------------------
     @app.get("/healthz", dependencies=[HealthAccess])

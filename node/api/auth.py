@@ -8,8 +8,10 @@ passwords (``mode: basic``). Each has a role:
 * sender   — STOW-RS only (a PACS pushing studies): the HTTP counterpart of the DICOM allow-list
 
 In token mode a browser cannot add an Authorization header to a page load, so ``POST /login`` trades
-a token for a signed session cookie (HttpOnly, SameSite=Strict). Secrets are compared in constant
-time and never logged; a refused request is logged with its path and the client address only.
+a token for a signed session cookie (HttpOnly, SameSite=Strict; Secure over HTTPS). The config holds
+hashes only (node/api/secret_hash.py): a token's SHA-256 digest, compared in constant time with every
+configured digest; a password's argon2id hash, verified for the named user. Secrets are never logged;
+a refused request is logged with its path and the client address only.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
 import structlog
 from fastapi import HTTPException, Request
 
+from node.api.secret_hash import dummy_password_hash, token_digest, verify_password
 from node.config import HttpConfig
 
 log = structlog.get_logger(__name__)
@@ -65,11 +69,11 @@ class Principal:
 @dataclass(frozen=True)
 class _Credential:
     principal: Principal
-    secret_digest: bytes
+    secret_hash: str  # sha256:HEX (token mode) or $argon2id$... (basic mode)
 
-
-def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode("utf-8")).digest()
+    @property
+    def token_digest(self) -> bytes:
+        return bytes.fromhex(self.secret_hash.removeprefix("sha256:"))
 
 
 def is_loopback(host: str | None) -> bool:
@@ -81,17 +85,26 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+# Basic auth sends the password with every request (the worklist polls, the page loads its scripts): an argon2
+# verification (64 MiB; 0.27 s measured on a busy 2-core machine) each time would make every page load slow
+# (a worklist load is five requests) and let a few clients exhaust memory. A verified (user, password) is remembered for a while under an HMAC of both with a per-process key,
+# so no password is kept in memory and a changed password misses the cache.
+VERIFIED_CACHE_S = 300.0
+VERIFIED_CACHE_ENTRIES = 1024
+
+
 class Authenticator:
     def __init__(self, config: HttpConfig) -> None:
         self.mode = config.auth.mode
         self.open_health_on_loopback = config.auth.open_health_on_loopback
         self._credentials: list[_Credential] = []
-        for c in config.auth.credentials:  # unique names and secrets: checked by the config (HttpAuthConfig)
-            digest = _digest(c.secret.get_secret_value())
+        for c in config.auth.credentials:  # unique names, one hash form per mode: checked by the config
             principal = Principal(c.name, c.role, c.ae_title or config.stow_calling_ae)
-            self._credentials.append(_Credential(principal, digest))
+            self._credentials.append(_Credential(principal, c.secret_hash.get_secret_value()))
         # Per process: sessions end when the node restarts, which is acceptable for a worklist.
         self._session_key = secrets.token_bytes(32)
+        self._verified: dict[bytes, tuple[float, Principal]] = {}
+        self._verified_lock = threading.Lock()
 
     # --- checking a request ----------------------------------------------------------------------
     def authenticate(self, request: Request) -> Principal | None:
@@ -107,7 +120,13 @@ class Authenticator:
         return self.verify_session(cookie) if cookie else None
 
     def _by_token(self, token: str) -> Principal | None:
-        return self._match(None, _digest(token))
+        digest = bytes.fromhex(token_digest(token).removeprefix("sha256:"))
+        found: Principal | None = None
+        # Every credential is compared (constant time, no early exit) so timing tells nothing.
+        for cred in self._credentials:
+            if hmac.compare_digest(cred.token_digest, digest):
+                found = cred.principal
+        return found
 
     def _by_basic(self, value: str) -> Principal | None:
         try:
@@ -117,29 +136,41 @@ class Authenticator:
         user, sep, password = decoded.partition(":")
         if not sep:
             return None
-        return self._match(user, _digest(password))
+        return self._by_password(user, password)
 
-    def _match(self, name: str | None, digest: bytes) -> Principal | None:
-        found: Principal | None = None
-        # Every credential is compared (constant time, no early exit) so timing tells nothing.
-        for cred in self._credentials:
-            same_secret = hmac.compare_digest(cred.secret_digest, digest)
-            same_name = name is None or hmac.compare_digest(cred.principal.name.encode(), name.encode())
-            if same_secret and same_name:
-                found = cred.principal
-        return found
+    def _by_password(self, name: str, password: str) -> Principal | None:
+        key = hmac.new(self._session_key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
+        now = time.monotonic()
+        with self._verified_lock:
+            cached = self._verified.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        cred = next(
+            (c for c in self._credentials if hmac.compare_digest(c.principal.name.encode(), name.encode())), None
+        )
+        # An unknown name costs one verification too, so timing does not tell which names exist.
+        ok = verify_password(cred.secret_hash if cred else dummy_password_hash(), password)
+        if not ok or cred is None:
+            return None
+        with self._verified_lock:
+            if len(self._verified) >= VERIFIED_CACHE_ENTRIES:
+                self._verified = {k: v for k, v in self._verified.items() if v[0] > now}
+                if len(self._verified) >= VERIFIED_CACHE_ENTRIES:
+                    self._verified.clear()
+            self._verified[key] = (now + VERIFIED_CACHE_S, cred.principal)
+        return cred.principal
 
     def login(self, token_or_password: str, name: str | None = None) -> Principal | None:
         """The login form: a token (token mode) or a user name and password (basic mode)."""
         if self.mode == "basic":
-            return self._match(name or "", _digest(token_or_password))
-        return self._match(None, _digest(token_or_password))
+            return self._by_password(name or "", token_or_password)
+        return self._by_token(token_or_password)
 
     # --- session cookie (signed, stateless) -----------------------------------------------------------
     def _sign(self, name: str, expires: int) -> str:
         cred = next((c for c in self._credentials if c.principal.name == name), None)
         # The credential's secret is part of the signed message: rotating a secret ends its sessions.
-        secret = cred.secret_digest if cred else b""
+        secret = cred.secret_hash.encode() if cred else b""
         mac = hmac.new(self._session_key, f"{name}|{expires}|".encode() + secret, hashlib.sha256)
         return mac.hexdigest()
 

@@ -1,23 +1,63 @@
-"""uvicorn in a background thread of the node process, started and stopped by NodeService."""
+"""uvicorn in a background thread of the node process, started and stopped by NodeService.
+
+With ``http.tls`` it serves HTTPS only, with an SSLContext built here (not uvicorn's): TLS 1.2 at least; in
+TLS 1.2 only ECDHE key exchange (forward secrecy) with AEAD ciphers (AES-GCM, ChaCha20-Poly1305), no CBC;
+TLS 1.3's suites as OpenSSL offers them (all AEAD); client certificates required when ``tls.ca_file`` is set.
+"""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
+from collections.abc import Callable
 
 import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from node.config import HttpConfig
+from node.config import HttpConfig, HttpServerTls
 from node.errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
 
+# TLS 1.2 suites (TLS 1.3's are set apart by OpenSSL and are all AEAD): the Mozilla "intermediate" choice.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
+
+
+def server_ssl_context(tls: HttpServerTls) -> ssl.SSLContext:
+    """The HTTPS context; a certificate, key or CA file that does not load stops start-up naming its field."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    # No TLS compression (CRIME), no renegotiation (a client-initiated DoS); fresh ECDHE keys per handshake.
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
+    context.set_ciphers(TLS12_CIPHERS)
+    try:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"http.tls.cert_file/key_file: cannot load {tls.cert_file} with {tls.key_file}: {exc}"
+        ) from None
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(tls.ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"http.tls.ca_file: cannot load {tls.ca_file}: {exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class HttpServer:
     def __init__(self, app: FastAPI, config: HttpConfig) -> None:
         self.config = config
+        factory: Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext] | None = None
+        if config.tls is not None:
+            context = server_ssl_context(config.tls)  # built now: a bad file stops start-up, not the thread
+
+            def factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+                return context
+
         # log_config=None: uvicorn's records go to the node's root handler (structlog JSON);
         # lifespan off: the node, not the app, owns start-up and shutdown.
         self._server = uvicorn.Server(
@@ -30,6 +70,7 @@ class HttpServer:
                 access_log=True,
                 server_header=False,
                 timeout_graceful_shutdown=10,
+                ssl_context_factory=factory,
             )
         )
         self._thread = threading.Thread(target=self._server.run, daemon=True, name="http")
@@ -45,7 +86,17 @@ class HttpServer:
             if time.monotonic() > deadline:
                 raise ConfigError(f"http: server did not start within {timeout_s:.0f} s")
             time.sleep(0.02)
-        log.info("http_listening", address=self.config.bind_address, port=self.port)
+        log.info(
+            "http_listening",
+            address=self.config.bind_address,
+            port=self.port,
+            scheme=self.scheme,
+            client_certificates=self.config.tls is not None and self.config.tls.ca_file is not None,
+        )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.config.tls is not None else "http"
 
     @property
     def port(self) -> int:

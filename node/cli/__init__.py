@@ -17,6 +17,7 @@ _COMMAND_MODULES = [
     "node.cli.demo_cmd",
     "node.cli.process_cmd",
     "node.cli.ai_cmd",
+    "node.cli.secret_cmd",
 ]
 
 

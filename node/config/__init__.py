@@ -7,9 +7,11 @@ Every default lives here, once. A bad file stops the node with the field and the
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
+import argon2
 import yaml
 from pydantic import (
     BaseModel,
@@ -183,11 +185,36 @@ class DeliveryConfig(_Model):
 
 
 # --- HTTP operations surface (node/api) ---------------------------------------------------------------
+# How the config holds the API's secrets (node/api/secret_hash.py makes and checks them; `ainode hash-secret`):
+# basic mode (people's passwords): an argon2id hash, salted, slow and memory-hard, because passwords are guessable;
+# token mode (bearer tokens): "sha256:" + the token's SHA-256 hex digest. Tokens are machine-made and long (at least
+# 128 bits of randomness from `ainode hash-secret --token --generate`), so no hash speed makes guessing one
+# feasible, and a bearer token is checked on every request, where argon2 (~64 MiB, tens of ms) would be a DoS.
+TOKEN_DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
+HASH_SECRET_ADVICE = "run `ainode hash-secret` (basic mode) or `ainode hash-secret --token` (token mode)"
+
+
+def secret_hash_kind(value: str) -> Literal["argon2id", "sha256"] | None:
+    """Which of the two accepted forms ``value`` is, or None (malformed)."""
+    if TOKEN_DIGEST_PATTERN.match(value):
+        return "sha256"
+    if value.startswith("$argon2id$"):
+        try:
+            argon2.extract_parameters(value)
+        except argon2.exceptions.InvalidHashError:
+            return None
+        return "argon2id"
+    return None
+
+
 class HttpCredential(_Model):
-    """One credential of the HTTP API: a bearer token (auth.mode token) or a user's password (basic)."""
+    """One credential of the HTTP API: a bearer token (auth.mode token) or a user's password (basic), held as a
+    hash (``secret_hash``); the clear-text ``secret`` of earlier versions is refused."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
-    secret: SecretStr
+    secret_hash: SecretStr
+    # Only so that a clear-text `secret:` left in an old config is refused with a message saying what to do.
+    secret: SecretStr | None = Field(default=None, exclude=True)
     # viewer: read the API and the worklist; operator: also re-run studies, retry deliveries and
     # upload over STOW-RS; sender: STOW-RS only (a PACS or modality pushing studies).
     role: Literal["viewer", "operator", "sender"] = "viewer"
@@ -197,9 +224,19 @@ class HttpCredential(_Model):
 
     @field_validator("secret")
     @classmethod
-    def _long_enough(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value()) < 8:
-            raise ValueError("secret must be at least 8 characters")
+    def _no_clear_text(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            raise ValueError(
+                f"clear-text secrets are refused: {HASH_SECRET_ADVICE}, type the secret, "
+                "and put what it prints in `secret_hash:` in place of `secret:`"
+            )
+        return value
+
+    @field_validator("secret_hash")
+    @classmethod
+    def _well_formed(cls, value: SecretStr) -> SecretStr:
+        if secret_hash_kind(value.get_secret_value()) is None:
+            raise ValueError(f"not an argon2id hash nor a sha256:HEX token digest ({HASH_SECRET_ADVICE})")
         return value
 
     @field_validator("ae_title")
@@ -215,21 +252,46 @@ class HttpAuthConfig(_Model):
     open_health_on_loopback: bool = True
 
     @model_validator(mode="after")
-    def _unique(self) -> HttpAuthConfig:
+    def _consistent(self) -> HttpAuthConfig:
         names = [c.name for c in self.credentials]
         if len(names) != len(set(names)):
             raise ValueError("credential names must be unique")
-        secrets = [c.secret.get_secret_value() for c in self.credentials]
+        wanted = "sha256" if self.mode == "token" else "argon2id"
+        for credential in self.credentials:
+            kind = secret_hash_kind(credential.secret_hash.get_secret_value())
+            if kind != wanted:
+                needed = (
+                    "a sha256:HEX token digest (`ainode hash-secret --token`)"
+                    if wanted == "sha256"
+                    else "an argon2id password hash (`ainode hash-secret`): a fast digest would not protect a password"
+                )
+                raise ValueError(f"credential {credential.name!r}: mode {self.mode} needs {needed}")
+        # A bearer token alone says who is calling: two credentials with one token would be ambiguous.
+        digests = [c.secret_hash.get_secret_value() for c in self.credentials]
         for index, credential in enumerate(self.credentials):
-            if secrets[index] in secrets[:index]:
+            if self.mode == "token" and digests[index] in digests[:index]:
                 raise ValueError(f"credential {credential.name!r} has the same secret as another credential")
         return self
+
+
+class HttpServerTls(_Model):
+    """HTTPS for the API, STOW-RS and the worklist (uvicorn with the node's own SSLContext)."""
+
+    cert_file: FilePath  # PEM, the server certificate (and its chain)
+    key_file: FilePath  # PEM, its private key (unencrypted; readable by the node's user only)
+    # A CA bundle: when given, clients must present a certificate it signed (mutual TLS).
+    ca_file: FilePath | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # Strict-Transport-Security max-age on every response (browsers then refuse plain HTTP to this host).
+    hsts_max_age_s: int = Field(default=31_536_000, ge=0)
 
 
 class HttpConfig(_Model):
     enabled: bool = False
     bind_address: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)  # 0: an ephemeral port (tests)
+    # HTTPS when given (no plain HTTP is served then).
+    tls: HttpServerTls | None = None
     auth: HttpAuthConfig = Field(default_factory=HttpAuthConfig)
     # Patient name and ID on the worklist page and in the JSON API; never in logs either way.
     show_patient_identity: bool = False

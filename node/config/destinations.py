@@ -13,18 +13,22 @@ A destination is named in the node's YAML under ``destinations:``; its ``type`` 
       pacs-web:
         type: stow-rs
         url: https://pacs.example.org/dicom-web
-        auth: {type: bearer, token: "..."}
+        auth: {type: bearer, token_file: /run/secrets/pacs-web-token}
       orthanc:
         type: orthanc-rest
         url: http://orthanc:8042
         username: ainode
-        password: "..."
+        password_file: /run/credentials/ainode.service/orthanc-password
+
+The secrets the node sends are best given as files (``password_file:``, ``token_file:``), as Docker secrets
+and systemd credentials deliver them, so that the YAML holds none; inline ``password:``/``token:`` still work.
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -153,15 +157,48 @@ class DimseDestinationConfig(_WithdrawsSuperseded):
     _check_superseded = field_validator("superseded")(_no_delete_without_rest)
 
 
+def secret_from_file(data: Any, key: str) -> Any:
+    """``KEY_file: PATH`` (a Docker secret, a systemd credential): the file's content becomes ``KEY``.
+
+    Read once, when the config is loaded; a trailing newline is not part of the secret. An unreadable or
+    empty file stops start-up naming the key."""
+    if not isinstance(data, dict) or data.get(f"{key}_file") is None:
+        return data
+    path = Path(str(data[f"{key}_file"]))
+    if data.get(key) is not None:
+        raise ValueError(f"give {key} or {key}_file, not both")
+    try:
+        value = path.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    except OSError as exc:
+        raise ValueError(f"{key}_file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{key}_file {path}: not UTF-8 text") from None
+    if not value:
+        raise ValueError(f"{key}_file {path} is empty")
+    return {**data, key: value}
+
+
 class BasicAuth(_Model):
     type: Literal["basic"]
     username: str = Field(min_length=1)
     password: SecretStr
+    password_file: Path | None = Field(default=None, description="File holding the password (recommended).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_file(cls, data: Any) -> Any:
+        return secret_from_file(data, "password")
 
 
 class BearerAuth(_Model):
     type: Literal["bearer"]
     token: SecretStr
+    token_file: Path | None = Field(default=None, description="File holding the token (recommended).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_file(cls, data: Any) -> Any:
+        return secret_from_file(data, "token")
 
 
 HttpAuth = Annotated[BasicAuth | BearerAuth, Field(discriminator="type")]
@@ -182,8 +219,14 @@ class OrthancRestDestinationConfig(_WithdrawsSuperseded):
     url: AnyHttpUrl = Field(description="Orthanc REST root, e.g. http://orthanc:8042")
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = Field(default=None, description="File holding the password (recommended).")
     tls: HttpTls = HttpTls()
     timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_file(cls, data: Any) -> Any:
+        return secret_from_file(data, "password")
 
     @model_validator(mode="after")
     def _user_and_password_together(self) -> OrthancRestDestinationConfig:
