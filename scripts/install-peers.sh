@@ -11,6 +11,9 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v gdcmconv >/dev/null || need+=(libgdcm-tools)
 command -v nginx >/dev/null || need+=(nginx)
 command -v chromium >/dev/null || need+=(chromium)
+# rsyslog: the audit record repository of tests/test_audit_rsyslog.py (UDP, and TLS through rsyslog-gnutls).
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || need+=(rsyslog-gnutls)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -7,6 +7,7 @@ XML as the MSG, UTF-8 with a BOM. UDP (RFC 5426) sends one datagram per message;
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -101,7 +102,8 @@ class TlsTransport:
 
     def close(self) -> None:
         if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
+            sock, self._sock = self._sock, None
+            # A TLS close_notify first, so the collector sees a clean end and not a truncation.
+            with contextlib.suppress(OSError, ValueError):
+                sock.unwrap()
+            sock.close()
