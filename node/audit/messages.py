@@ -1,9 +1,9 @@
 """DICOM audit messages (PS3.15 A.5, the XML of the DICOM Audit Message Schema) for the node's events.
 
-One builder per event the node reports; each returns an :class:`AuditMessage` (its event name, for the
-metrics and the syslog MSGID-independent test, and its XML). Codes are those of PS3.16: EventID from
-CID 400, EventTypeCode from CID 401/402/403, RoleIDCode from CID 402, ParticipantObjectIDTypeCode from
-CID 404; codes are written as the schema wants them (``csd-code``, ``codeSystemName``, ``originalText``).
+One builder per event the node reports; each returns an :class:`AuditMessage`: a short event name (the
+metrics' label) and the XML. Codes are those of PS3.16: EventID from CID 400, EventTypeCode from CID 401,
+RoleIDCode from CID 402, ParticipantObjectIDTypeCode from CID 404 (and RFC 3881's "URI" for HTTP paths);
+they are written as the schema wants them (``csd-code``, ``codeSystemName``, ``originalText``).
 
 What a message names: AE titles, host addresses, credential names, study UIDs, SOP class UIDs and counts.
 Never a patient's name, ID or birth date, nor an accession number: PS3.15 A.5.3 would have a Patient
