@@ -15,6 +15,9 @@ import pytest
 
 from demo.ct_factory import CANARIES, make_ct_series
 from demo.node_process import NodeProcess
+from node.audit import AuditTrail, Source
+from node.audit import messages as m
+from node.audit.syslog import TlsTransport
 from tests.api_support import ACTION, CREDENTIALS, OPERATOR, VIEWER, add_findings_job, add_pending_delivery, bearer
 from tests.audit_schema import SyslogMessage, parse_syslog, schema_errors
 from tests.peers.dcmtk import StoreSCP, echoscu, storescu
@@ -129,3 +132,24 @@ def test_node_audits_to_rsyslog_over_udp(rsyslog: Rsyslog, tmp_path: Path) -> No
     message = received_over_udp()[0]
     assert schema_errors(message.xml) == []
     assert 'NumberOfInstances="3"' in message.xml
+
+
+def test_a_collector_that_wants_client_certificates_gets_messages_only_from_a_node_with_one(tmp_path: Path) -> None:
+    """Mutual TLS (ATNA's node authentication): rsyslog with AuthMode x509/certvalid drops the connection of a
+    trail without a client certificate (its messages counted as dropped) and takes the one that has one."""
+    tls = make_tls_files(tmp_path / "tls")
+    source = Source("AINODE-MTLS")
+    with Rsyslog(tmp_path / "rsyslog", tls, require_client_cert=True) as collector:
+        for name, cert, key in (("without", None, None), ("with", tls.client_cert, tls.client_key)):
+            transport = TlsTransport("127.0.0.1", collector.tls_port, ca_file=tls.ca_cert, server_name=None,
+                                     cert_file=cert, key_file=key)  # fmt: skip
+            trail = AuditTrail(source, file=tmp_path / f"{name}.log", transport=transport)
+            trail.start()
+            trail.record(m.user_authentication(source, user=name, address="127.0.0.1", success=True))
+            trail.stop()
+
+        def users() -> list[str]:
+            return [u for msg in _received(collector, "imtcp") for u in msg.user_ids()]
+
+        wait_until(lambda: "with" in users(), 20, "the message of the trail with a client certificate")
+    assert "without" not in users()

@@ -20,12 +20,14 @@ def rsyslog_available() -> bool:
 
 
 class Rsyslog:
-    def __init__(self, folder: Path, tls: TlsFiles) -> None:
+    def __init__(self, folder: Path, tls: TlsFiles, *, require_client_cert: bool = False) -> None:
+        """``require_client_cert``: the TLS input takes only senders with a certificate of the test CA."""
         self.folder = folder
         self.udp_port, self.tls_port = free_port(), free_port()
         self.received = folder / "received.log"
         work = folder / "work"
         work.mkdir(parents=True, exist_ok=True)
+        auth_mode = "x509/certvalid" if require_client_cert else "anon"
         self.config = folder / "rsyslog.conf"
         self.config.write_text(
             f"""
@@ -35,7 +37,7 @@ global(workDirectory="{work}" maxMessageSize="64k"
        DefaultNetstreamDriverCertFile="{tls.server_cert}"
        DefaultNetstreamDriverKeyFile="{tls.server_key}")
 module(load="imudp")
-module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")
+module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="{auth_mode}")
 input(type="imudp" address="127.0.0.1" port="{self.udp_port}")
 input(type="imtcp" address="127.0.0.1" port="{self.tls_port}")
 template(name="raw" type="string" string="%inputname% %rawmsg%\\n")
