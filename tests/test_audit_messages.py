@@ -14,7 +14,7 @@ from node import metrics
 from node.audit import Action, AuditTrail, Participant, Source
 from node.audit import messages as m
 from node.audit.syslog import MSGID, PRIORITY, TlsTransport, UdpTransport, format_message, octet_counted
-from node.config import AuditConfig, ConfigError, parse_config
+from node.config import AuditConfig, ConfigError, configuration_warnings, parse_config
 from tests.audit_schema import parse_syslog, schema_errors
 from tests.tls_certs import make_tls_files
 
@@ -169,3 +169,17 @@ def test_audit_config_is_checked_naming_the_field(tmp_path: Path) -> None:
     trail = AuditTrail.from_config(AuditConfig(enabled=True), tmp_path, "AINODE")
     assert trail.file == tmp_path / "audit" / "audit-trail.log"
     assert trail.source.source_id == "AINODE"
+
+
+def test_check_config_warns_when_the_trail_reaches_no_collector_or_is_off() -> None:
+    def audit_warnings(audit: dict[str, object]) -> list[str]:
+        return [w for w in configuration_warnings(parse_config({"audit": audit})) if w.startswith("audit.")]
+
+    assert audit_warnings({"enabled": True}) == [
+        "audit.enabled without audit.syslog: audit messages stay in the local file, no collector gets them"
+    ]
+    assert audit_warnings({"syslog": {"transport": "udp", "host": "127.0.0.1"}})[0].startswith(
+        "audit.syslog is set but audit.enabled is false"
+    )
+    assert audit_warnings({"enabled": True, "syslog": {"transport": "udp", "host": "127.0.0.1"}}) == []
+    assert audit_warnings({}) == []

@@ -334,6 +334,10 @@ def configuration_warnings(config: NodeConfig) -> list[str]:
         )
     if config.http.enabled and not config.http.auth.credentials:
         out.append("http.auth.credentials is empty: the API, the worklist and STOW-RS refuse everyone")
+    if config.audit.syslog is not None and not config.audit.enabled:
+        out.append("audit.syslog is set but audit.enabled is false: no audit message is kept or sent")
+    if config.audit.enabled and config.audit.syslog is None:
+        out.append("audit.enabled without audit.syslog: audit messages stay in the local file, no collector gets them")
     out += unrouted_result_warnings(config.routes)
     return out
 
