@@ -31,3 +31,14 @@ index_write_failures = Counter(
     "Stored instances the index could not take (their files wait in the spool for start-up reconciliation)",
     registry=REGISTRY,
 )
+# node/audit: messages the writer thread handled; dropped ones never reached the collector (the local
+# file still has them unless the reason is queue_full).
+audit_messages = Counter(
+    "ainode_audit_messages_total", "Audit messages sent to the collector", ["event"], registry=REGISTRY
+)
+audit_messages_dropped = Counter(
+    "ainode_audit_messages_dropped_total",
+    "Audit messages not sent to the collector (queue_full: not written to the local file either)",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -14,6 +14,8 @@ from typing import IO, TYPE_CHECKING
 
 import structlog
 
+from node.audit import AuditTrail
+from node.audit import messages as audit_messages
 from node.config import NodeConfig
 from node.errors import ConfigError, NodeError
 from node.export.outbox import Outbox
@@ -45,7 +47,8 @@ class NodeService:
         self.db = Database(index_path(config))
         self.spool = Spool(data_dir)
         self.store = InstanceStore(self.db, self.spool, config.storage.min_free_disk_mb * 1024 * 1024)
-        self.scp = StorageSCP(config.dicom, self.store)
+        self.audit = AuditTrail.from_config(config.audit, data_dir, config.dicom.ae_title)
+        self.scp = StorageSCP(config.dicom, self.store, self.audit)
         self.completeness = CompletenessMonitor(self.db, config.completeness, JobPlanner(config.routes))
         self.supervisor = WorkerSupervisor(config, self.db, self.boot_id)
         self.outbox = Outbox(
@@ -55,13 +58,14 @@ class NodeService:
             batch_size=config.delivery.batch_size,
             withdrawals=withdrawal_policies(config.destinations),
             results_root=self.spool.results_root,
+            audit=self.audit,
         )
         self.http: HttpServer | None = None
         if config.http.enabled:
             from node.api.app import create_app
             from node.api.server import HttpServer
 
-            app = create_app(config, self.db, self.store, workers_alive=self.supervisor.alive)
+            app = create_app(config, self.db, self.store, workers_alive=self.supervisor.alive, audit=self.audit)
             self.http = HttpServer(app, config.http)
         self._stopped = threading.Event()
 
@@ -76,6 +80,10 @@ class NodeService:
             temp_files_removed=removed,
             instances_reindexed=reindexed,
             jobs_requeued=requeued,
+        )
+        self.audit.start()
+        self.audit.record(
+            audit_messages.application_activity(self.audit.source, self.config.dicom.ae_title, started=True)
         )
         self.scp.start()
         self.completeness.start()
@@ -95,6 +103,10 @@ class NodeService:
         self.completeness.stop()
         self.supervisor.stop()
         self.outbox.stop()
+        self.audit.record(
+            audit_messages.application_activity(self.audit.source, self.config.dicom.ae_title, started=False)
+        )
+        self.audit.stop()  # last: what the stages recorded while stopping is written out
         log.info("node_stopped", boot_id=self.boot_id)
 
     def run_until_signalled(self) -> None:

@@ -13,6 +13,9 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v chromium >/dev/null || need+=(chromium)
 # certutil: the HTTPS browser test trusts its test CA in a throw-away NSS database, as Chromium reads it.
 command -v certutil >/dev/null || need+=(libnss3-tools)
+# rsyslog: the audit record repository of tests/test_audit_rsyslog.py (UDP, and TLS through rsyslog-gnutls).
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || need+=(rsyslog-gnutls)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

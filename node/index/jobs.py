@@ -122,6 +122,12 @@ def finish_job_failed(db: Database, job_id: int, reason: str) -> None:
         record_transition(conn, job_id, JobState.RUNNING.value, JobState.FAILED, reason)
 
 
+def study_uid_of_job(db: Database, job_id: int) -> str | None:
+    """The study a job ran on (the outbox's audit message names it)."""
+    rows = db.query("SELECT study_uid FROM jobs WHERE id = ?", (job_id,))
+    return str(rows[0]["study_uid"]) if rows else None
+
+
 def job_state_and_lease_owner(conn: Connection, job_id: int) -> Row:
     """``state`` and ``lease_owner`` of a job (the worker checks the job is still its own)."""
     row: Row = conn.execute("SELECT state, lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()

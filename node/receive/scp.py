@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
@@ -37,6 +38,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node import metrics
+from node.audit import AuditTrail, Participant
+from node.audit import messages as audit_messages
 from node.config import AllowedCaller, DicomConfig
 from node.dimse_status import (
     AssociateRejectProviderReason,
@@ -96,6 +99,14 @@ def _lenient_ui(value: Any) -> tuple[bool, str]:
     return True, ""
 
 
+@dataclass
+class _Received:
+    """What one association stored: {study UID: {SOP class UID: instances}}, and how many were refused."""
+
+    studies: dict[str, dict[str, int]] = field(default_factory=dict)
+    failed: int = 0
+
+
 def _failure(status: StoreStatus, comment: str) -> Dataset:
     rsp = Dataset()
     rsp.Status = int(status)
@@ -104,7 +115,7 @@ def _failure(status: StoreStatus, comment: str) -> Dataset:
 
 
 class StorageSCP:
-    def __init__(self, config: DicomConfig, store: InstanceStore) -> None:
+    def __init__(self, config: DicomConfig, store: InstanceStore, audit: AuditTrail | None = None) -> None:
         quiet_pynetdicom()
         latency.install()
         self.config = config
@@ -117,6 +128,10 @@ class StorageSCP:
         # Slots of max_associations, held only by associations that passed the allow-list.
         self._slots: set[Association] = set()
         self._slots_lock = threading.Lock()
+        self.audit = audit or AuditTrail.off()
+        # What each established association stored, for its one audit message when it ends (each
+        # association's handlers run in its own thread: one key each, no lock needed).
+        self._received: dict[Association, _Received] = {}
         pynetdicom_config.VALIDATORS["UI"] = _lenient_ui
         ae = AE(ae_title=config.ae_title)
         ae.maximum_associations = config.max_associations + PENDING_CONNECTIONS
@@ -228,6 +243,7 @@ class StorageSCP:
         reason = self._refusal(calling, host, assoc)
         if reason is not None:
             log.warning("association_rejected", calling_ae=calling, peer_host=host, reason=reason)
+            self._audit_association(calling, host, reason)
             metrics.associations.labels(outcome="rejected").inc()
             assoc.acse.send_reject(
                 AssociateRejectResult.REJECTED_PERMANENT,
@@ -266,6 +282,8 @@ class StorageSCP:
                 self._slots.add(assoc)
                 return
         log.warning("association_rejected", peer_host=str(assoc.requestor.address), reason="all slots busy")
+        calling = str(cast(A_ASSOCIATE, assoc.requestor.primitive).calling_ae_title).strip()
+        self._audit_association(calling, str(assoc.requestor.address), "all slots busy")
         metrics.associations.labels(outcome="rejected").inc()
         assoc.acse.send_reject(
             AssociateRejectResult.REJECTED_TRANSIENT,
@@ -284,13 +302,47 @@ class StorageSCP:
             sock.settimeout(self.config.network_timeout_s)
         metrics.associations.labels(outcome="accepted").inc()
         metrics.active_associations.inc()
+        calling, host = event.assoc.requestor.ae_title.strip(), str(event.assoc.requestor.address)
         tls = sock.version() if isinstance(sock, ssl.SSLSocket) else None
         log.info(
             "association_established",
-            calling_ae=event.assoc.requestor.ae_title.strip(),
-            peer_host=event.assoc.requestor.address,
+            calling_ae=calling,
+            peer_host=host,
             tls=tls,
             client_certificate_cn=peer_certificate_cn(sock),
+        )
+        self._received[event.assoc] = _Received()
+        self._audit_association(calling, host, None)
+
+    def _audit_association(self, calling: str, host: str, refused_because: str | None) -> None:
+        self.audit.record(
+            audit_messages.association(
+                self.audit.source,
+                self.config.ae_title,
+                calling_ae=calling,
+                address=host,
+                accepted=refused_because is None,
+                reason=refused_because,
+            )
+        )
+
+    def _audit_received(self, assoc: Association) -> None:
+        """One audit message per association for what it stored (not one per instance)."""
+        received = self._received.pop(assoc, None)
+        if received is None or not (received.studies or received.failed):
+            return
+        sender = Participant(
+            assoc.requestor.ae_title.strip(), True, ae_title=assoc.requestor.ae_title.strip(),
+            address=str(assoc.requestor.address),
+        )  # fmt: skip
+        self.audit.record(
+            audit_messages.instances_received(
+                self.audit.source,
+                self.config.ae_title,
+                sender=sender,
+                studies=received.studies,
+                failed=received.failed,
+            )
         )
 
     def _on_released(self, event: evt.Event) -> None:
@@ -301,6 +353,7 @@ class StorageSCP:
 
     def _on_closed(self, event: evt.Event) -> None:
         self._release_slot(event.assoc)
+        self._audit_received(event.assoc)
         if event.assoc.is_established or event.assoc.is_released or event.assoc.is_aborted:
             metrics.active_associations.dec()
 
@@ -309,6 +362,13 @@ class StorageSCP:
         return int(EchoStatus.SUCCESS)
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
+        outcome = self._store(event)
+        received = self._received.get(event.assoc)
+        if received is not None and isinstance(outcome, Dataset):
+            received.failed += 1
+        return outcome
+
+    def _store(self, event: evt.Event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title.strip()
         request = cast(C_STORE, event.request)
         sop_uid = str(request.AffectedSOPInstanceUID or "")
@@ -342,6 +402,10 @@ class StorageSCP:
             bound.exception("store_processing_failure", status=hex(StoreStatus.PROCESSING_FAILURE))
             return _failure(StoreStatus.PROCESSING_FAILURE, f"Processing failure: {type(exc).__name__}")
         metrics.instances_received.labels(source="dimse", result=stored.result).inc()
+        received = self._received.get(event.assoc)
+        if received is not None:
+            by_class = received.studies.setdefault(stored.study_uid, {})
+            by_class[stored.sop_class_uid] = by_class.get(stored.sop_class_uid, 0) + 1
         metrics.bytes_received.labels(source="dimse").inc(stored.size_bytes)
         bound.debug(
             "instance_stored",
