@@ -18,7 +18,16 @@ from demo.node_process import NodeProcess
 from node.audit import AuditTrail, Source
 from node.audit import messages as m
 from node.audit.syslog import TlsTransport
-from tests.api_support import ACTION, CREDENTIALS, OPERATOR, VIEWER, add_findings_job, add_pending_delivery, bearer
+from tests.api_support import (
+    ACTION,
+    CREDENTIALS,
+    OPERATOR,
+    VIEWER,
+    add_findings_job,
+    add_pending_delivery,
+    bearer,
+    token_credentials,
+)
 from tests.audit_schema import SyslogMessage, parse_syslog, schema_errors
 from tests.peers.dcmtk import StoreSCP, echoscu, storescu
 from tests.peers.net import wait_until
@@ -39,7 +48,7 @@ def _node(workdir: Path, syslog: dict[str, Any], **config: Any) -> NodeProcess:
     return NodeProcess(
         workdir,
         {"audit": {"enabled": True, "syslog": syslog, "enterprise_site_id": "TEST-SITE"}, **config},
-        http={"auth": {"mode": "token", "credentials": CREDENTIALS}},
+        http={"auth": {"mode": "token", "credentials": token_credentials(CREDENTIALS)}},
     )
 
 
