@@ -18,34 +18,21 @@ from fastapi import FastAPI
 
 from node.config import HttpConfig, HttpServerTls
 from node.errors import ConfigError
+from node.tls_server import server_tls_context
 
 log = structlog.get_logger(__name__)
 
 
-# TLS 1.2 suites (TLS 1.3's are set apart by OpenSSL and are all AEAD): the Mozilla "intermediate" choice.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
-
-
 def server_ssl_context(tls: HttpServerTls) -> ssl.SSLContext:
-    """The HTTPS context; a certificate, key or CA file that does not load stops start-up naming its field."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    # No TLS compression (CRIME), no renegotiation (a client-initiated DoS); fresh ECDHE keys per handshake.
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
-    context.set_ciphers(TLS12_CIPHERS)
-    try:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
-            f"http.tls.cert_file/key_file: cannot load {tls.cert_file} with {tls.key_file}: {exc}"
-        ) from None
-    if tls.ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=str(tls.ca_file))
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"http.tls.ca_file: cannot load {tls.ca_file}: {exc}") from None
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    """The HTTPS context (node/tls_server.py's policy); with ``ca_file`` every client needs a certificate from it."""
+    return server_tls_context(
+        "http.tls",
+        cert_file=tls.cert_file,
+        key_file=tls.key_file,
+        ca_file=tls.ca_file,
+        min_version=tls.min_version,
+        client_certificates=ssl.CERT_REQUIRED,
+    )
 
 
 class HttpServer:

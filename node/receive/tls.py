@@ -26,37 +26,26 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node import metrics
 from node.config import DicomTlsConfig
 from node.errors import ConfigError
+from node.tls_server import server_tls_context
 
 log = structlog.get_logger(__name__)
-
-_MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 # os.stat() fields that change when a file is replaced or rewritten; None for a file that is missing.
 _FileStamp = tuple[int, int, int] | None
 
 
 def build_server_context(config: DicomTlsConfig) -> ssl.SSLContext:
-    """The SSLContext of the TLS port; ``ConfigError`` naming the field when a file cannot be used."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _MIN_VERSIONS[config.min_version]
-    # TLS 1.2 suites: forward secrecy and AEAD only (OpenSSL's defaults also offer CBC and non-ECDHE suites);
-    # TLS 1.3 suites are all AEAD and are not affected by set_ciphers.
-    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    try:
-        context.load_cert_chain(str(config.cert_file), str(config.key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"dicom.tls.cert_file/key_file: cannot load {config.cert_file} with its key ({exc})"
-        ) from None
-    if config.ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=str(config.ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"dicom.tls.ca_file: cannot load {config.ca_file} ({exc})") from None
-        # Optional: a client certificate, when presented, must verify; required: none, no handshake.
-        context.verify_mode = ssl.CERT_REQUIRED if config.require_client_cert else ssl.CERT_OPTIONAL
-    return context
+    """The SSLContext of the TLS port (node/tls_server.py's policy); ``ConfigError`` naming the field when a file
+    cannot be used. With ``ca_file``, a client certificate, when presented, must verify; with
+    ``require_client_cert`` one is required (no certificate, no handshake)."""
+    return server_tls_context(
+        "dicom.tls",
+        cert_file=config.cert_file,
+        key_file=config.key_file,
+        ca_file=config.ca_file,
+        min_version=config.min_version,
+        client_certificates=ssl.CERT_REQUIRED if config.require_client_cert else ssl.CERT_OPTIONAL,
+    )
 
 
 def _stamp(path: Path | None) -> _FileStamp:
