@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from demo.ct_factory import make_ct_series
-from demo.netutil import free_port, port_open
+from demo.netutil import free_port, port_open, wait_until
 from demo.node_process import NodeProcess
 from node.config import parse_config
 from node.errors import ConfigError
@@ -98,7 +98,8 @@ def test_plain_association_to_the_tls_port_is_refused_and_a_silent_one_blocks_no
     with _tls_node(tmp_path, server_cert) as node:
         plain = echoscu(_tls_port(node), called=node.ae_title, calling="STORESCU")
         assert plain.returncode != 0
-        assert "tls_handshake_failed" in node.log_text()
+        # The node logs the failed handshake from the connection's thread, possibly after echoscu has given up.
+        wait_until(lambda: "tls_handshake_failed" in node.log_text(), 30, "the failed handshake to be logged")
         # A peer that connects and never speaks: pynetdicom would do its handshake in the accept loop and wait on
         # it; the node does it in the connection's thread, so a TLS store meanwhile goes through.
         with socket.create_connection(("127.0.0.1", _tls_port(node))):
