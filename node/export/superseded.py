@@ -32,7 +32,7 @@ from node.errors import DeliveryError, EncodeError
 from node.export.backoff import RetryPolicy, gave_up, next_retry_delay
 from node.export.destinations import DeletingDestination, DeletionOutcome, Destination
 from node.index import withdrawals
-from node.index.db import Database, now
+from node.index.db import Connection, Database, now
 from node.index.states import WithdrawalMethod, WithdrawalState
 
 log = structlog.get_logger(__name__)
@@ -131,49 +131,44 @@ def _plan_rejection(
     t = now()
     with db.transaction() as conn:
         withdrawals.record_note(conn, job_id, note_uid, NOTE_KIND, path, destination, t)
-        return withdrawals.insert_withdrawals(
-            conn,
-            job_id=job_id,
-            destination=destination,
-            method=WithdrawalMethod.REJECT,
-            sop_instance_uids=[o.sop_instance_uid for o in objects],
-            state=WithdrawalState.NOTED,
-            note_uid=note_uid,
-            error=None,
-            t=t,
-        )
+        return _insert(conn, job_id, destination, WithdrawalMethod.REJECT, objects, WithdrawalState.NOTED, note_uid)
 
 
 def _plan_deletion(db: Database, job_id: int, destination: str, objects: list[_Superseded]) -> int:
     with db.transaction() as conn:
-        return withdrawals.insert_withdrawals(
-            conn,
-            job_id=job_id,
-            destination=destination,
-            method=WithdrawalMethod.DELETE,
-            sop_instance_uids=[o.sop_instance_uid for o in objects],
-            state=WithdrawalState.PENDING,
-            note_uid=None,
-            error=None,
-            t=now(),
-        )
+        return _insert(conn, job_id, destination, WithdrawalMethod.DELETE, objects, WithdrawalState.PENDING)
 
 
 def _record_dead(
     db: Database, job_id: int, destination: str, method: WithdrawalMethod, objects: list[_Superseded], reason: str
 ) -> None:
     with db.transaction() as conn:
-        withdrawals.insert_withdrawals(
-            conn,
-            job_id=job_id,
-            destination=destination,
-            method=method,
-            sop_instance_uids=[o.sop_instance_uid for o in objects],
-            state=WithdrawalState.DEAD,
-            note_uid=None,
-            error=reason,
-            t=now(),
-        )
+        _insert(conn, job_id, destination, method, objects, WithdrawalState.DEAD, error=reason)
+
+
+def _insert(
+    conn: Connection,
+    job_id: int,
+    destination: str,
+    method: WithdrawalMethod,
+    objects: list[_Superseded],
+    state: WithdrawalState,
+    note_uid: str | None = None,
+    *,
+    error: str | None = None,
+) -> int:
+    """The withdrawals rows of ``objects`` (one each, an object already withdrawn there is skipped): how many new."""
+    return withdrawals.insert_withdrawals(
+        conn,
+        job_id=job_id,
+        destination=destination,
+        method=method,
+        sop_instance_uids=[o.sop_instance_uid for o in objects],
+        state=state,
+        note_uid=note_uid,
+        error=error,
+        t=now(),
+    )
 
 
 # --- deleting ------------------------------------------------------------------------------------
