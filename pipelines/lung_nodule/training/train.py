@@ -102,6 +102,8 @@ def bundle_metadata(
         "backgrounds": [b.name for b in backgrounds],
         "training_series": [b.name for b in backgrounds],
         "hard_fraction": args.hard_fraction,
+        "subsolid_fraction": args.subsolid_fraction,
+        "init": None if args.init is None else str(args.init),
         "device": device.type,
         "detection_threshold": DEFAULT_DETECTION_THRESHOLD,
         "malignancy_threshold": DEFAULT_MALIGNANCY_THRESHOLD,
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared-ct", type=Path, default=SHARED_CT, help="folder of the real background series")
     parser.add_argument("--backgrounds", nargs="+", default=list(TRAINING_SERIES))
     parser.add_argument("--hard-fraction", type=float, default=0.5, help="patches centred on dense lung voxels")
+    parser.add_argument(
+        "--subsolid-fraction", type=float, default=0.0, help="blended nodules rendered ground-glass/part-solid"
+    )
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
     parser.add_argument("--init", type=Path, help="start from this bundle (continued training)")
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -181,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     # Synthesising a patch costs ~25 ms, a training step ~200 ms: keep a pool in memory and renew part of
     # it as training goes, so the network sees many cases without waiting for the synthesis.
     def draw() -> CompositePatch:
-        return sample_patch(backgrounds, shapes, rng, SEG_PATCH, hard_fraction=args.hard_fraction)
+        return sample_patch(
+            backgrounds, shapes, rng, SEG_PATCH, hard_fraction=args.hard_fraction,
+            subsolid_fraction=args.subsolid_fraction,
+        )
 
     pool = [draw() for _ in range(args.cache)]
     print(f"{len(pool)} composite patches synthesised ({time.time() - t0:.0f}s)", flush=True)
