@@ -167,7 +167,7 @@ def _rootfs_tarball(timings: dict[str, float]) -> Path:
         )  # fmt: skip
         if proc.returncode != 0:
             raise RuntimeError(f"debootstrap failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        timings["debootstrap_s"] = time.monotonic() - started
+        timings["debootstrap_s"] = round(time.monotonic() - started, 1)
         partial = tarball.with_suffix(".part")
         subprocess.run(["tar", "-C", str(root), "-cf", str(partial), "."], check=True, timeout=300)
         partial.rename(tarball)
@@ -188,5 +188,5 @@ def debian_base_image(docker: DockerDaemon, timings: dict[str, float]) -> str:
             f"ENV PIP_CERT={IMAGE_CA_BUNDLE}\n"
         )
         docker.run("build", "-q", "-t", BASE_IMAGE, ctx)
-    timings["import_s"] = time.monotonic() - started
+    timings["import_s"] = round(time.monotonic() - started, 1)
     return BASE_IMAGE
