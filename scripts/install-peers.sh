@@ -16,6 +16,11 @@ command -v certutil >/dev/null || need+=(libnss3-tools)
 # rsyslog: the audit record repository of tests/test_audit_rsyslog.py (UDP, and TLS through rsyslog-gnutls).
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || need+=(rsyslog-gnutls)
+# Docker (tests/test_docker_deploy.py starts its own dockerd), Debian's compose (v1: bookworm has no compose plugin)
+# and debootstrap (the tests' base image: no image registry is reachable).
+[ -x /usr/sbin/dockerd ] || need+=(docker.io)
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
+[ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -26,6 +31,10 @@ mkdir -p .peers
 if [ ! -f .peers/ohif/dist/index.html ]; then
   (cd .peers && rm -rf ohif package ohif-app-*.tgz && npm pack -q @ohif/app >/dev/null 2>&1 \
      && tar xzf ohif-app-*.tgz && mv package ohif && rm -f ohif-app-*.tgz)
+fi
+# The CPU torch wheel the node's image installs in the Docker test (deploy/Dockerfile; PyPI's torch pulls CUDA).
+if ! compgen -G "deploy/wheels/torch-2.13.0*.whl" >/dev/null; then
+  python3 -m pip download -q --no-deps "torch==2.13.0" -d deploy/wheels
 fi
 if [ ! -d .peers/node_modules/playwright-core ]; then
   (cd .peers && npm install -q --no-audit --no-fund playwright-core >/dev/null 2>&1)

