@@ -37,6 +37,7 @@ def encode_results(
     fractional_seg: bool = False,
     previous_reports: Sequence[pydicom.Dataset] = (),
     reading: FollowUpReport | None = None,
+    gradcam_sc: bool = True,
 ) -> list[pydicom.Dataset]:
     """The SEG (when there are findings), the SR (always, for a completed result) and one SC per finding.
 
@@ -49,6 +50,7 @@ def encode_results(
     SR lists them in its Predecessor Documents Sequence and every new series says it supersedes earlier ones.
     ``reading`` is the follow-up reading (``pipelines.followup.assessment``): the SEG and SR then carry the
     prior's tracking identity for the nodules seen before, and the SR the growth, Lung-RADS and Brock risk.
+    ``gradcam_sc=False`` leaves out the Grad-CAM Secondary Captures (``followup.outputs.gradcam_sc``).
     Raises EncodeError for findings that cannot be encoded faithfully.
     """
     common.derive_uid(uid_seed)  # fails fast on an empty seed
@@ -60,7 +62,7 @@ def encode_results(
         # text holds the name: keep it out of the logs (no PHI in logs). The name is copied unchanged.
         warnings.filterwarnings("ignore", message=".*intended person name.*")
         return _encode(
-            result, volume, checked, uid_seed, series_number_base, fractional_seg, previous_reports, reading
+            result, volume, checked, uid_seed, series_number_base, fractional_seg, previous_reports, reading, gradcam_sc
         )
 
 
@@ -73,6 +75,7 @@ def _encode(
     fractional_seg: bool,
     previous_reports: Sequence[pydicom.Dataset],
     reading: FollowUpReport | None,
+    gradcam_sc: bool,
 ) -> list[pydicom.Dataset]:
     outputs: list[pydicom.Dataset] = []
     seg = None
@@ -100,7 +103,7 @@ def _encode(
             reading=reading,
         )
     )
-    for index, finding in enumerate(result.findings, start=1):
+    for index, finding in enumerate(result.findings if gradcam_sc else (), start=1):
         outputs.append(
             encode_sc(
                 result,

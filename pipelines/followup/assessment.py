@@ -114,6 +114,38 @@ class FollowUpReport:
     def fastest_doubling_time_days(self) -> float | None:
         return tracking.fastest_doubling_time_days([n.tracked for n in self.nodules if n.tracked is not None])
 
+    def summary(self) -> dict[str, object]:
+        """JSON-friendly: what the job summary keeps and the worklist shows."""
+        vdt = self.fastest_doubling_time_days
+        return {
+            "prior": {
+                "outcome": self.prior.outcome.value,
+                "statement": self.prior.statement,
+                "study_uid": self.prior.prior.study_instance_uid if self.prior.prior else None,
+                "study_date": self.prior.prior.study_date.isoformat() if self.prior.prior else None,
+            },
+            "interval_days": self.interval_days,
+            "counts": {status.value: self.count(status) for status in Status},
+            "fastest_doubling_time_days": None if vdt is None else round(vdt, 1),
+            "lung_rads": {"category": self.lungrads.category.value, "rule": self.lungrads.rule, "suggestion": True},
+            "emphysema_fraction": None if self.emphysema_fraction is None else round(self.emphysema_fraction, 4),
+            "nodules": [
+                {
+                    "number": n.finding_number,
+                    "status": n.status.value if n.status else None,
+                    "doubling_time_days": (
+                        None
+                        if n.tracked is None or n.tracked.growth is None or n.tracked.growth.doubling_time_days is None
+                        else round(n.tracked.growth.doubling_time_days, 1)
+                    ),
+                    "lung_rads": n.lungrads_category.value,
+                    "brock_risk": None if n.brock.risk is None else round(n.brock.risk, 4),
+                    "brock_unknown": list(n.brock.unknown),
+                }
+                for n in self.nodules
+            ],
+        }
+
 
 def measurement_of(finding: Finding) -> NoduleMeasurement:
     return NoduleMeasurement(
