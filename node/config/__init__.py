@@ -365,6 +365,52 @@ class AuditConfig(_Model):
     queue_size: int = Field(default=10000, ge=10, le=1_000_000)
 
 
+class PriorSourceConfig(_Model):
+    """A PACS the node asks for a patient's earlier CT studies (follow-up reading)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    # dimse: C-FIND (study, then series level) and C-GET of the chosen series; dicomweb: QIDO-RS and WADO-RS.
+    protocol: Literal["dimse", "dicomweb"] = "dimse"
+    host: str = "127.0.0.1"
+    port: int = Field(default=104, ge=1, le=65535)
+    ae_title: str = "ANY-SCP"  # the PACS's (called) AE title
+    url: str | None = None  # dicomweb: the QIDO-RS/WADO-RS root, e.g. http://pacs:8042/dicom-web
+    timeout_s: float = Field(default=60.0, gt=0)
+
+    _check_aet = field_validator("ae_title")(validate_ae_title)
+
+    @model_validator(mode="after")
+    def _url_for_dicomweb(self) -> PriorSourceConfig:
+        if self.protocol == "dicomweb" and not self.url:
+            raise ValueError("protocol dicomweb needs url (the DICOMweb root)")
+        return self
+
+
+class FollowupOutputs(_Model):
+    """Which follow-up outputs the encoders write (each switchable)."""
+
+    # The SR's follow-up content: prior measurements, growth, Lung-RADS, Brock risk, shared tracking UIDs.
+    followup_in_sr: bool = True
+    # The Grad-CAM Secondary Captures (for PACS that show only images).
+    gradcam_sc: bool = True
+
+
+class FollowupConfig(_Model):
+    """Follow-up reading: find the patient's earlier chest CT, track each nodule, Lung-RADS and Brock risk."""
+
+    enabled: bool = False
+    # How far back a prior may be (days before the current study's StudyDate).
+    lookback_days: int = Field(default=1095, ge=1, le=36500)
+    # Where priors are looked for, in order; the first that answers with a chest CT is used.
+    sources: list[PriorSourceConfig] = Field(default_factory=list)
+    calling_ae_title: str = "AINODE"  # our AE title in C-FIND / C-GET associations
+    # BodyPartExamined values of a chest CT (an empty BodyPartExamined counts as chest: many scanners leave it).
+    chest_body_parts: list[str] = Field(default_factory=lambda: ["CHEST", "LUNG", "THORAX", "CHEST_ABDOMEN"])
+    outputs: FollowupOutputs = Field(default_factory=FollowupOutputs)
+
+    _check_aet = field_validator("calling_ae_title")(validate_ae_title)
+
+
 def default_routes() -> list[Route]:
     """Without a `routes:` section: every CT series that is not a localizer goes to the lung-nodule
     pipeline, and its results stay on the node (no destination)."""
@@ -390,6 +436,7 @@ class NodeConfig(_Model):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    followup: FollowupConfig = Field(default_factory=FollowupConfig)
     destinations: dict[DestinationName, DestinationConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=default_routes)
 

@@ -15,12 +15,14 @@ from pathlib import Path
 import pydicom
 
 from node.encode import common
+from node.encode.followup import nodule_identities
 from node.encode.gradcam_sc import encode_sc
 from node.encode.seg import encode_seg
 from node.encode.sr import encode_sr
 from node.errors import EncodeError
 from node.store.spool import write_durably
 from pipelines.base import CTVolume, PipelineResult, ResultStatus
+from pipelines.followup.assessment import FollowUpReport
 
 __all__ = ["EncodeError", "encode_results", "write_results"]
 
@@ -34,6 +36,8 @@ def encode_results(
     series_number_base: int = 9000,
     fractional_seg: bool = False,
     previous_reports: Sequence[pydicom.Dataset] = (),
+    reading: FollowUpReport | None = None,
+    gradcam_sc: bool = True,
 ) -> list[pydicom.Dataset]:
     """The SEG (when there are findings), the SR (always, for a completed result) and one SC per finding.
 
@@ -44,6 +48,9 @@ def encode_results(
     A not-applicable result gives no objects: the node did not analyse the series.
     ``previous_reports`` are the SRs this result supersedes (the series grew after they were made): the new
     SR lists them in its Predecessor Documents Sequence and every new series says it supersedes earlier ones.
+    ``reading`` is the follow-up reading (``pipelines.followup.assessment``): the SEG and SR then carry the
+    prior's tracking identity for the nodules seen before, and the SR the growth, Lung-RADS and Brock risk.
+    ``gradcam_sc=False`` leaves out the Grad-CAM Secondary Captures (``followup.outputs.gradcam_sc``).
     Raises EncodeError for findings that cannot be encoded faithfully.
     """
     common.derive_uid(uid_seed)  # fails fast on an empty seed
@@ -54,7 +61,9 @@ def encode_results(
         # highdicom warns about a single-component PatientName copied from the source, and the warning's
         # text holds the name: keep it out of the logs (no PHI in logs). The name is copied unchanged.
         warnings.filterwarnings("ignore", message=".*intended person name.*")
-        return _encode(result, volume, checked, uid_seed, series_number_base, fractional_seg, previous_reports)
+        return _encode(
+            result, volume, checked, uid_seed, series_number_base, fractional_seg, previous_reports, reading, gradcam_sc
+        )
 
 
 def _encode(
@@ -65,6 +74,8 @@ def _encode(
     series_number_base: int,
     fractional_seg: bool,
     previous_reports: Sequence[pydicom.Dataset],
+    reading: FollowUpReport | None,
+    gradcam_sc: bool,
 ) -> list[pydicom.Dataset]:
     outputs: list[pydicom.Dataset] = []
     seg = None
@@ -77,6 +88,7 @@ def _encode(
             series_number=series_number_base + common.SEG_SERIES_OFFSET,
             fractional=fractional_seg,
             superseding=bool(previous_reports),
+            identities=nodule_identities(uid_seed, result.findings, reading) if reading is not None else None,
         )
         outputs.append(seg)
     outputs.append(
@@ -88,9 +100,10 @@ def _encode(
             uid_seed=uid_seed,
             series_number=series_number_base + common.SR_SERIES_OFFSET,
             previous_reports=previous_reports,
+            reading=reading,
         )
     )
-    for index, finding in enumerate(result.findings, start=1):
+    for index, finding in enumerate(result.findings if gradcam_sc else (), start=1):
         outputs.append(
             encode_sc(
                 result,

@@ -7,7 +7,7 @@ had when it dropped empty frames but kept positions by index, their issue #397).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -89,7 +89,10 @@ def encode_seg(
     series_number: int,
     fractional: bool = False,
     superseding: bool = False,
+    identities: Mapping[int, tuple[str, str]] | None = None,
 ) -> hd.seg.Segmentation:
+    """``identities``: finding number -> (Tracking UID, Tracking Identifier) when a follow-up reading
+    carries a prior's over (``node.encode.followup.nodule_identities``); else derived from the seed."""
     findings = result.findings
     if not findings:
         raise EncodeError("a SEG needs at least one finding")
@@ -118,13 +121,13 @@ def encode_seg(
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
-                segment_label=tracking_id(finding),
+                segment_label=identities[finding.number][1] if identities else tracking_id(finding),
                 segmented_property_category=SEGMENT_CATEGORY,
                 segmented_property_type=SEGMENT_TYPE,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm,
-                tracking_uid=tracking_uid(uid_seed, finding),
-                tracking_id=tracking_id(finding),
+                tracking_uid=identities[finding.number][0] if identities else tracking_uid(uid_seed, finding),
+                tracking_id=identities[finding.number][1] if identities else tracking_id(finding),
                 anatomic_regions=[ANATOMIC_REGION],
                 display_color=hd.color.CIELabColor.from_rgb(*NODULE_DISPLAY_RGB),
             )

@@ -25,9 +25,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from scipy import ndimage
 
-from node.encode import common, seg
+from node.encode import common, followup, seg
 from node.encode.common import CheckedInput
 from pipelines.base import CTVolume, Finding, PipelineResult
+from pipelines.followup.assessment import FollowUpReport, NoduleReport
 
 PROCEDURE_REPORTED = CodedConcept(value="24627-2", scheme_designator="LN", meaning="CT Chest")
 PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer  # (111047, DCM, "Probability of cancer")
@@ -87,8 +88,8 @@ def _comment(text: str) -> hd.sr.TextContentItem:
     )
 
 
-def finding_comment(finding: Finding, disclaimer: str) -> str:
-    parts = [f"Nodule {finding.number}"]
+def finding_comment(finding: Finding, disclaimer: str, label: str = "") -> str:
+    parts = [label or f"Nodule {finding.number}"]
     if finding.category is not None:
         parts.append(finding.category.value)
     if finding.lobe:
@@ -152,7 +153,8 @@ def _nodule_group(
     checked: CheckedInput,
     seg_dataset: pydicom.Dataset,
     segment_number: int,
-    uid_seed: str,
+    identity: tuple[str, str],
+    reading: NoduleReport | None,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     sites = [hd.sr.FindingSite(anatomic_location=codes.SCT.Lung)]
     lobe = lobe_code(finding.lobe)
@@ -170,10 +172,10 @@ def _nodule_group(
             algorithm_id=_algorithm(result),
         ),
     ]
+    if reading is not None:
+        measurements += followup.group_measurements(reading)
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=seg.tracking_uid(uid_seed, finding), identifier=seg.tracking_id(finding)
-        ),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=identity[0], identifier=identity[1]),
         referenced_segment=hd.sr.ReferencedSegment(
             sop_class_uid=str(seg_dataset.SOPClassUID),
             sop_instance_uid=str(seg_dataset.SOPInstanceUID),
@@ -185,6 +187,7 @@ def _nodule_group(
         algorithm_id=_algorithm(result),
         finding_sites=sites,
         measurements=measurements,
+        qualitative_evaluations=followup.group_evaluations(reading) if reading is not None else None,
     )
     content = group[0].ContentSequence
     content.append(_long_axis_on_key_image(finding, volume, checked))
@@ -197,7 +200,9 @@ def _nodule_group(
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     )
-    content.append(_comment(finding_comment(finding, result.disclaimer)))
+    content.append(_comment(finding_comment(finding, result.disclaimer, identity[1])))
+    if reading is not None:
+        content.append(_comment(followup.group_comment(reading)))
     return group
 
 
@@ -207,7 +212,7 @@ def _placeholder_group() -> hd.sr.MeasurementsAndQualitativeEvaluations:
     )
 
 
-def _qualitative_evaluations(result: PipelineResult) -> hd.sr.ContainerContentItem:
+def _qualitative_evaluations(result: PipelineResult, reading: FollowUpReport | None) -> hd.sr.ContainerContentItem:
     """TID 1500's "Qualitative Evaluations" container: Nodule Present/Absent and a sentence saying so.
 
     It sits beside the measurement groups, not among them: OHIF 3.12 takes every measurement group for
@@ -231,6 +236,7 @@ def _qualitative_evaluations(result: PipelineResult) -> hd.sr.ContainerContentIt
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             ),
             _comment(f"{verdict} ({model}). {result.disclaimer}."),
+            *(followup.exam_items(reading) if reading is not None else []),
         ],
         is_root=False,
         is_sr=True,
@@ -247,7 +253,11 @@ def encode_sr(
     uid_seed: str,
     series_number: int,
     previous_reports: Sequence[pydicom.Dataset] = (),
+    reading: FollowUpReport | None = None,
 ) -> hd.sr.Comprehensive3DSR:
+    """``reading``: the follow-up reading of this exam (prior, growth, Lung-RADS, Brock), when there is one."""
+    identities = followup.nodule_identities(uid_seed, result.findings, reading)
+    readings = {n.finding_number: n for n in reading.nodules} if reading is not None else {}
     groups: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     segment_numbers = seg.segment_number_of(result.findings)
     # Each instance once: a multi-frame source holds every slice but is one piece of evidence.
@@ -258,7 +268,16 @@ def encode_sr(
         evidence.append(seg_dataset)
         for finding in result.findings:
             groups.append(
-                _nodule_group(finding, volume, result, checked, seg_dataset, segment_numbers[finding.number], uid_seed)
+                _nodule_group(
+                    finding,
+                    volume,
+                    result,
+                    checked,
+                    seg_dataset,
+                    segment_numbers[finding.number],
+                    identities[finding.number],
+                    readings.get(finding.number),
+                )
             )
     # highdicom wants at least one measurement group; TID 1500 only wants one of its Imaging
     # Measurements / Qualitative Evaluations containers. Without nodules, build with a placeholder
@@ -273,7 +292,7 @@ def encode_sr(
         # By index: Sequence.remove() compares items with ==, which matched another item here.
         for index in reversed([k for k, i in enumerate(root) if i.name == codes.DCM.ImagingMeasurements]):
             del root[index]
-    root.append(_qualitative_evaluations(result))
+    root.append(_qualitative_evaluations(result, reading))
     first: pydicom.Dataset = checked.ordered_sources[0]
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
@@ -294,4 +313,6 @@ def encode_sr(
         device_serial_number=common.NODE_DEVICE_SERIAL_NUMBER,
     )
     common.finish_header(sr, first, result)
+    if reading is not None:
+        followup.add_coding_scheme(sr)
     return sr

@@ -16,6 +16,11 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from pipelines.base import CTVolume, NotApplicable, Output, Pipeline, PipelineResult, ResultStatus
+from pipelines.followup.assessment import FollowUpReport
+
+# The follow-up reading of a completed result (``node.work.followup.read_followup`` bound to a job):
+# given the volume, the result and the source instances, the reading, or None for none.
+Reading = Callable[[CTVolume, PipelineResult, Sequence[pydicom.Dataset]], FollowUpReport | None]
 
 
 @dataclass(frozen=True)
@@ -25,8 +30,10 @@ class SeriesRun:
     result: PipelineResult
     # The DICOM result objects (SEG, SR, Grad-CAM SC), not yet written; empty when nothing is encoded.
     datasets: list[pydicom.Dataset] = field(default_factory=list)
-    # Seconds per step the runner timed: load, inference, encode (those it reached).
+    # Seconds per step the runner timed: load, inference, followup, encode (those it reached).
     timings_s: dict[str, float] = field(default_factory=dict)
+    # The follow-up reading (prior, growth, Lung-RADS, Brock) when one was asked for.
+    reading: FollowUpReport | None = None
 
 
 def run_series(
@@ -37,6 +44,9 @@ def run_series(
     encode: bool = True,
     uid_seed: Callable[[CTVolume], str] = lambda volume: volume.info.series_instance_uid,
     previous_reports: Callable[[], Sequence[pydicom.Dataset]] = tuple,
+    reading: Reading | None = None,
+    reading_in_sr: bool = True,
+    gradcam_sc: bool = True,
 ) -> SeriesRun:
     """Load the series in ``paths``, run ``pipeline`` on it and encode a completed result as it declares.
 
@@ -60,27 +70,33 @@ def run_series(
     t = time.perf_counter()
     result = pipeline.run(volume)
     timings["inference"] = time.perf_counter() - t
-    if not encode or Output.FINDINGS not in pipeline.outputs or result.status is not ResultStatus.COMPLETED:
+    if Output.FINDINGS not in pipeline.outputs or result.status is not ResultStatus.COMPLETED:
         return SeriesRun(result, timings_s=timings)
 
+    sources: list[pydicom.Dataset] | None = None
+    followup: FollowUpReport | None = None
+    if reading is not None:
+        t = time.perf_counter()
+        sources = source_datasets(paths, volume)
+        followup = reading(volume, result, sources)
+        timings["followup"] = time.perf_counter() - t
+    if not encode:
+        return SeriesRun(result, timings_s=timings, reading=followup)
+
     t = time.perf_counter()
-    datasets = _encode(result, volume, paths, uid_seed(volume), previous_reports())
-    timings["encode"] = time.perf_counter() - t
-    return SeriesRun(result, datasets, timings)
-
-
-def _encode(
-    result: PipelineResult,
-    volume: CTVolume,
-    paths: Sequence[Path],
-    uid_seed: str,
-    previous_reports: Sequence[pydicom.Dataset],
-) -> list[pydicom.Dataset]:
     from node.encode import encode_results
 
-    return encode_results(
-        result, volume, source_datasets(paths, volume), uid_seed=uid_seed, previous_reports=previous_reports
+    datasets = encode_results(
+        result,
+        volume,
+        sources if sources is not None else source_datasets(paths, volume),
+        uid_seed=uid_seed(volume),
+        previous_reports=previous_reports(),
+        reading=followup if reading_in_sr else None,
+        gradcam_sc=gradcam_sc,
     )
+    timings["encode"] = time.perf_counter() - t
+    return SeriesRun(result, datasets, timings, followup)
 
 
 def source_datasets(paths: Sequence[Path], volume: CTVolume) -> list[pydicom.Dataset]:

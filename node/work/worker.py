@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import pydicom
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from node.config import LoggingConfig, NodeConfig, WorkerConfig
+from node.config import FollowupConfig, LoggingConfig, NodeConfig, WorkerConfig
 from node.errors import ConfigError
 from node.index import deliveries, results, series
 from node.index.db import Database, now
@@ -37,8 +39,9 @@ from node.index.jobs import (
 from node.index.states import JobState
 from node.logging_setup import configure_logging
 from node.store.spool import Spool
-from node.work.runner import run_series
-from pipelines.base import Pipeline, PipelineResult, ResultStatus, RuntimeOptions
+from node.work.runner import Reading, run_series
+from pipelines.base import CTVolume, Pipeline, PipelineResult, ResultStatus, RuntimeOptions
+from pipelines.followup.assessment import FollowUpReport
 
 log = structlog.get_logger(__name__)
 
@@ -59,11 +62,18 @@ class WorkerSettings(BaseModel):
     workers: WorkerConfig
     logging: LoggingConfig
     pipelines: list[str]  # the routed pipelines: built when the worker starts, not on its first job
+    followup: FollowupConfig = FollowupConfig()
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> WorkerSettings:
         routed = sorted({p for route in config.routes for p in route.pipelines})
-        return cls(data_dir=config.storage.data_dir, workers=config.workers, logging=config.logging, pipelines=routed)
+        return cls(
+            data_dir=config.storage.data_dir,
+            workers=config.workers,
+            logging=config.logging,
+            pipelines=routed,
+            followup=config.followup,
+        )
 
 
 def runtime_options(workers: WorkerConfig) -> RuntimeOptions:
@@ -138,8 +148,8 @@ class Worker:
         heartbeat = _LeaseHeartbeat(self.db, job.id, self.worker_id, wc.lease_s)
         heartbeat.start()
         try:
-            result, outputs, timings = self._execute(job)
-            self._finish(job, result, outputs, timings)
+            result, outputs, timings, reading = self._execute(job)
+            self._finish(job, result, outputs, timings, reading)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             bound.error("job_failed", reason=reason, traceback=traceback.format_exc(limit=8))
@@ -148,24 +158,49 @@ class Worker:
             heartbeat.stop()
         return True
 
-    def _execute(self, job: Job) -> tuple[PipelineResult, list[tuple[str, str, Path]], dict[str, float]]:
-        """Run the job's pipeline on its series; the result, its DICOM objects [(sop_uid, kind, path)], timings."""
+    def _execute(
+        self, job: Job
+    ) -> tuple[PipelineResult, list[tuple[str, str, Path]], dict[str, float], FollowUpReport | None]:
+        """Run the job's pipeline on its series; the result, its DICOM objects [(sop_uid, kind, path)], timings,
+        and the follow-up reading (when ``followup.enabled``)."""
         paths = series.instance_paths(self.db, job.series_uid)
         t = time.perf_counter()
         pipeline = self.pipeline(job.pipeline)
         model_load_s = time.perf_counter() - t
+        fc = self.settings.followup
+        workdir = self.settings.data_dir / "followup" / str(job.id)
         run = run_series(
             pipeline,
             paths,
             series_uid=job.series_uid,
             uid_seed=lambda _volume: result_uid_seed(self.db.installation_id(), job),
             previous_reports=lambda: self._earlier_reports(job),
+            reading=self._reading(job, pipeline, workdir) if fc.enabled else None,
+            reading_in_sr=fc.outputs.followup_in_sr,
+            gradcam_sc=fc.outputs.gradcam_sc,
         )
+        shutil.rmtree(workdir, ignore_errors=True)  # the prior's images: fetched for this job only
         from node.encode import write_results  # highdicom: imported by workers, not by the node's main process
 
         written = write_results(run.datasets, self.spool.results_root / str(job.id)) if run.datasets else []
         outputs = [(str(ds.SOPInstanceUID), str(ds.Modality), p) for ds, p in zip(run.datasets, written, strict=True)]
-        return run.result, outputs, {"model_load": model_load_s, **run.timings_s}
+        return run.result, outputs, {"model_load": model_load_s, **run.timings_s}, run.reading
+
+    def _reading(self, job: Job, pipeline: Pipeline, workdir: Path) -> Reading:
+        from node.work.followup import read_followup
+
+        def reading(volume: CTVolume, result: PipelineResult, sources: Sequence[pydicom.Dataset]) -> FollowUpReport:
+            return read_followup(
+                self.settings.followup,
+                pipeline,
+                volume,
+                result,
+                sources[0],
+                workdir=workdir,
+                own_report=lambda series_uid: results.latest_report_path(self.db, series_uid, job.pipeline),
+            )
+
+        return reading
 
     def _earlier_reports(self, job: Job) -> list[pydicom.Dataset]:
         """SRs of earlier jobs of this series and pipeline: the new results supersede them."""
@@ -178,10 +213,13 @@ class Worker:
         result: PipelineResult,
         outputs: list[tuple[str, str, Path]],
         timings: dict[str, float],
+        reading: FollowUpReport | None = None,
     ) -> None:
         t = now()
         summary: dict[str, Any] = result.summary()
         summary["node_timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        if reading is not None:
+            summary["followup"] = reading.summary()
         with self.db.transaction() as conn:
             row = job_state_and_lease_owner(conn, job.id)
             if row["state"] != JobState.RUNNING.value or row["lease_owner"] != self.worker_id:
