@@ -22,14 +22,14 @@ from node.export.outbox import Outbox
 from node.export.superseded import withdrawal_policies
 from node.export.transports import build_destinations
 from node.index import jobs, series
-from node.index.db import Database, now
+from node.index.db import now
 from node.receive.completeness import CompletenessMonitor
 from node.receive.scp import StorageSCP
 from node.route.planner import JobPlanner
 from node.store.ingest import InstanceStore
 from node.store.spool import Spool
 from node.work.supervisor import WorkerSupervisor
-from node.work.worker import index_path
+from node.work.worker import open_configured_index
 
 if TYPE_CHECKING:
     from node.api.server import HttpServer
@@ -44,7 +44,7 @@ class NodeService:
         data_dir = config.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_data_dir(data_dir)
-        self.db = Database(index_path(config))
+        self.db = open_configured_index(config)
         self.spool = Spool(data_dir)
         self.store = InstanceStore(self.db, self.spool, config.storage.min_free_disk_mb * 1024 * 1024)
         self.audit = AuditTrail.from_config(config.audit, data_dir, config.dicom.ae_title)

@@ -16,6 +16,10 @@ command -v certutil >/dev/null || need+=(libnss3-tools)
 # rsyslog: the audit record repository of tests/test_audit_rsyslog.py (UDP, and TLS through rsyslog-gnutls).
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || need+=(rsyslog-gnutls)
+# PostgreSQL and RabbitMQ: the cluster-mode tests (tests/peers/postgres.py, tests/peers/rabbitmq.py) start
+# their own servers on loopback; the packages' services are not used.
+[ -x /usr/lib/postgresql/15/bin/pg_ctl ] || need+=(postgresql)
+command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

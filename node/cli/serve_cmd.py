@@ -28,13 +28,13 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, dict[str, Any]] 
 
 def open_index(args: argparse.Namespace) -> Database:
     """The index of the configured data dir (for commands that read it while the node runs)."""
-    from node.index.db import Database
-    from node.work.worker import index_path
+    from node.work.worker import index_path, open_configured_index
 
-    path = index_path(config_from_args(args))
-    if not path.exists():
+    config = config_from_args(args)
+    path = index_path(config)
+    if config.index.backend == "sqlite" and not path.exists():
         raise ConfigError(f"no index at {path} (has the node run with this data dir?)")
-    return Database(path)
+    return open_configured_index(config)
 
 
 def _parse_allow(values: list[str] | None) -> list[dict[str, str | None]] | None:

@@ -59,12 +59,14 @@ def queue_job(
     destinations: list[str],
 ) -> int:
     """Insert a queued job inside the caller's transaction (series completion is the same change)."""
-    cur = conn.execute(
-        """INSERT INTO jobs (series_uid, study_uid, generation, pipeline, route, destinations, state,
-               created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-        (series_uid, study_uid, generation, pipeline, route, json.dumps(destinations), JobState.QUEUED, now()),
+    # RETURNING, not lastrowid: the same statement on SQLite and PostgreSQL.
+    job_id = int(
+        conn.execute(
+            """INSERT INTO jobs (series_uid, study_uid, generation, pipeline, route, destinations, state,
+                   created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+            (series_uid, study_uid, generation, pipeline, route, json.dumps(destinations), JobState.QUEUED, now()),
+        ).fetchone()[0]
     )
-    job_id = int(cur.lastrowid or 0)
     record_transition(conn, job_id, None, JobState.QUEUED, f"route {route}")
     return job_id
 

@@ -19,9 +19,9 @@ import pydicom
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from node.config import LoggingConfig, NodeConfig, WorkerConfig
+from node.config import IndexConfig, LoggingConfig, NodeConfig, WorkerConfig
 from node.errors import ConfigError
-from node.index import deliveries, results, series
+from node.index import deliveries, open_index, results, series
 from node.index.db import Database, now
 from node.index.jobs import (
     Job,
@@ -47,7 +47,15 @@ INDEX_FILENAME = "index.sqlite"  # in storage.data_dir
 
 
 def index_path(config: NodeConfig) -> Path:
+    """The embedded index's file (index.backend sqlite)."""
     return config.storage.data_dir / INDEX_FILENAME
+
+
+def open_configured_index(config: NodeConfig) -> Database:
+    """The index ``config.index`` names: the SQLite file in the data dir, or the PostgreSQL server."""
+    return open_index(
+        backend=config.index.backend, sqlite_path=index_path(config), postgresql_dsn=config.index.postgresql_dsn
+    )
 
 
 class WorkerSettings(BaseModel):
@@ -56,6 +64,7 @@ class WorkerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data_dir: Path
+    index: IndexConfig = IndexConfig()
     workers: WorkerConfig
     logging: LoggingConfig
     pipelines: list[str]  # the routed pipelines: built when the worker starts, not on its first job
@@ -63,7 +72,13 @@ class WorkerSettings(BaseModel):
     @classmethod
     def from_config(cls, config: NodeConfig) -> WorkerSettings:
         routed = sorted({p for route in config.routes for p in route.pipelines})
-        return cls(data_dir=config.storage.data_dir, workers=config.workers, logging=config.logging, pipelines=routed)
+        return cls(
+            data_dir=config.storage.data_dir,
+            index=config.index,
+            workers=config.workers,
+            logging=config.logging,
+            pipelines=routed,
+        )
 
 
 def runtime_options(workers: WorkerConfig) -> RuntimeOptions:
@@ -101,7 +116,11 @@ class Worker:
     def __init__(self, settings: WorkerSettings, worker_id: str) -> None:
         self.settings = settings
         self.worker_id = worker_id
-        self.db = Database(settings.data_dir / INDEX_FILENAME)
+        self.db = open_index(
+            backend=settings.index.backend,
+            sqlite_path=settings.data_dir / INDEX_FILENAME,
+            postgresql_dsn=settings.index.postgresql_dsn,
+        )
         self.spool = Spool(settings.data_dir)
         self._pipelines: dict[str, Pipeline] = {}
         self._stop = threading.Event()
