@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict
 from node.config import IndexConfig, LoggingConfig, NodeConfig, WorkerConfig
 from node.errors import ConfigError
 from node.index import deliveries, open_index, results, series
-from node.index.db import Database, now
+from node.index.db import Database, IndexUnavailable, now
 from node.index.jobs import (
     Job,
+    claim_job,
     claim_next_job,
     finish_job_failed,
     job_state_and_lease_owner,
@@ -152,6 +153,31 @@ class Worker:
         job = claim_next_job(self.db, self.worker_id, wc.lease_s, wc.max_attempts)
         if job is None:
             return False
+        self.run_claimed(job)
+        return True
+
+    def run_job_id(self, job_id: int, *, redelivered: bool) -> str:
+        """Cluster mode: run the job a broker message names, if the index says it is still to run.
+
+        A redelivered message (its worker died holding it) may find the job still leased to that worker:
+        it waits for the lease to run out, at most one lease, then takes the job over. Any other message
+        for a job leased to someone, or finished, is a duplicate and is dropped. Returns what happened."""
+        wc = self.settings.workers
+        give_up_at = now() + wc.lease_s + 1
+        while True:
+            claim = claim_job(self.db, job_id, self.worker_id, wc.lease_s, wc.max_attempts)
+            if isinstance(claim, Job):
+                self.run_claimed(claim)
+                return "ran"
+            waiting = redelivered and claim.lease_expires_at is not None and now() < give_up_at
+            if not waiting or claim.lease_expires_at is None:
+                log.info("job_message_dropped", job_id=job_id, reason=claim.reason)
+                return f"dropped: {claim.reason}"
+            self._stop.wait(min(max(claim.lease_expires_at - now(), 0.0) + 0.1, 2.0))
+
+    def run_claimed(self, job: Job) -> None:
+        """Run a job this worker holds the lease of, and record its results (or its failure)."""
+        wc = self.settings.workers
         bound = log.bind(job_id=job.id, series_uid=job.series_uid, pipeline=job.pipeline)
         bound.info("job_started", attempt=job.attempts)
         heartbeat = _LeaseHeartbeat(self.db, job.id, self.worker_id, wc.lease_s)
@@ -159,13 +185,17 @@ class Worker:
         try:
             result, outputs, timings = self._execute(job)
             self._finish(job, result, outputs, timings)
+        except IndexUnavailable:
+            # Not the job's fault: it stays leased, and is run again once the index is back (the lease
+            # runs out; in cluster mode the message is handed back to the broker).
+            bound.warning("job_interrupted_index_unavailable")
+            raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             bound.error("job_failed", reason=reason, traceback=traceback.format_exc(limit=8))
             finish_job_failed(self.db, job.id, reason[:2000])
         finally:
             heartbeat.stop()
-        return True
 
     def _execute(self, job: Job) -> tuple[PipelineResult, list[tuple[str, str, Path]], dict[str, float]]:
         """Run the job's pipeline on its series; the result, its DICOM objects [(sop_uid, kind, path)], timings."""
