@@ -87,6 +87,8 @@ def reset_for_operator_retry(conn: Connection, delivery_id: int, t: float) -> No
 
 # --- result sets and destinations that are down (issue 16) ----------------------------------------
 _WAITING = (DeliveryState.PENDING, DeliveryState.RETRY)
+# Deliveries an outbox may take for sending.
+WAITING_STATES = frozenset(_WAITING)
 
 
 def delivery_destination(conn: Connection, delivery_id: int) -> str:
