@@ -22,19 +22,22 @@ from node.export.outbox import Outbox
 from node.export.superseded import withdrawal_policies
 from node.export.transports import build_destinations
 from node.index import jobs, series
-from node.index.db import Database, now
+from node.index.db import now
 from node.receive.completeness import CompletenessMonitor
 from node.receive.scp import StorageSCP
 from node.route.planner import JobPlanner
 from node.store.ingest import InstanceStore
 from node.store.spool import Spool
+from node.work.dispatch import Dispatcher
 from node.work.supervisor import WorkerSupervisor
-from node.work.worker import index_path
+from node.work.worker import open_configured_index
 
 if TYPE_CHECKING:
     from node.api.server import HttpServer
 
 log = structlog.get_logger(__name__)
+
+INCOMING_STALE_S = 3600.0
 
 
 class NodeService:
@@ -43,14 +46,19 @@ class NodeService:
         self.boot_id = uuid.uuid4().hex[:8]
         data_dir = config.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock_data_dir(data_dir)
-        self.db = Database(index_path(config))
+        # Cluster mode: several receivers share the data dir (shared storage) and the index; leases in the
+        # index, not a lock file, say who runs what.
+        self.cluster = config.dispatch.engine == "celery"
+        self._lock_file = None if self.cluster else _lock_data_dir(data_dir)
+        self.db = open_configured_index(config)
         self.spool = Spool(data_dir)
         self.store = InstanceStore(self.db, self.spool, config.storage.min_free_disk_mb * 1024 * 1024)
         self.audit = AuditTrail.from_config(config.audit, data_dir, config.dicom.ae_title)
         self.scp = StorageSCP(config.dicom, self.store, self.audit)
         self.completeness = CompletenessMonitor(self.db, config.completeness, JobPlanner(config.routes))
         self.supervisor = WorkerSupervisor(config, self.db, self.boot_id)
+        # Cluster mode: jobs go to the broker; `ainode worker` processes elsewhere run them.
+        self.dispatcher = Dispatcher(self.db, config.dispatch) if self.cluster else None
         self.outbox = Outbox(
             self.db,
             build_destinations(dict(config.destinations)),
@@ -70,9 +78,11 @@ class NodeService:
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        removed = self.spool.clear_incoming()
+        # Another receiver's temp file on shared storage is seconds old; a crashed one's is older.
+        removed = self.spool.clear_incoming(older_than_s=INCOMING_STALE_S if self.cluster else 0.0)
         reindexed = self._reconcile_spool()
-        requeued = self._requeue_orphaned_jobs()
+        # Cluster mode: running jobs belong to workers on other machines (their leases decide).
+        requeued = 0 if self.cluster else self._requeue_orphaned_jobs()
         log.info(
             "node_starting",
             boot_id=self.boot_id,
@@ -87,7 +97,10 @@ class NodeService:
         )
         self.scp.start()
         self.completeness.start()
-        self.supervisor.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+        else:
+            self.supervisor.start()
         self.outbox.start(self.config.delivery.check_interval_s)
         if self.http is not None:
             self.http.start()
@@ -102,6 +115,8 @@ class NodeService:
         self.store.close()
         self.completeness.stop()
         self.supervisor.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         self.outbox.stop()
         self.audit.record(
             audit_messages.application_activity(self.audit.source, self.config.dicom.ae_title, started=False)

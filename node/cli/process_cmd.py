@@ -18,11 +18,10 @@ def _process(args: argparse.Namespace) -> int:
     import requests
     from dicomweb_client.api import DICOMwebClient
 
-    from node.index.db import Database
     from node.store.ingest import InstanceStore
     from node.store.spool import Spool
     from node.uids import validate_uid
-    from node.work.worker import index_path
+    from node.work.worker import open_configured_index
 
     try:
         config = config_from_args(args)
@@ -37,7 +36,7 @@ def _process(args: argparse.Namespace) -> int:
         print(f"ainode: WADO-RS retrieve from {args.dicomweb} failed: {exc}", file=sys.stderr)
         return 1
     store = InstanceStore(
-        Database(index_path(config)), Spool(config.storage.data_dir), config.storage.min_free_disk_mb * 1024 * 1024
+        open_configured_index(config), Spool(config.storage.data_dir), config.storage.min_free_disk_mb * 1024 * 1024
     )
     stored, failed = 0, 0
     for ds in datasets:

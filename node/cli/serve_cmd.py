@@ -28,13 +28,13 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, dict[str, Any]] 
 
 def open_index(args: argparse.Namespace) -> Database:
     """The index of the configured data dir (for commands that read it while the node runs)."""
-    from node.index.db import Database
-    from node.work.worker import index_path
+    from node.work.worker import index_path, open_configured_index
 
-    path = index_path(config_from_args(args))
-    if not path.exists():
+    config = config_from_args(args)
+    path = index_path(config)
+    if config.index.backend == "sqlite" and not path.exists():
         raise ConfigError(f"no index at {path} (has the node run with this data dir?)")
-    return Database(path)
+    return open_configured_index(config)
 
 
 def _parse_allow(values: list[str] | None) -> list[dict[str, str | None]] | None:
@@ -75,6 +75,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from node.logging_setup import configure_logging
+    from node.work.worker import check_worker_device
+
+    config = config_from_args(args)
+    if config.dispatch.engine != "celery":
+        raise ConfigError("dispatch.engine: `ainode worker` needs celery (embedded workers run inside `serve`)")
+    check_worker_device(config.workers)
+    configure_logging(config.logging.level, config.logging.format)
+    from node.work.celery_worker import run_celery_worker
+
+    run_celery_worker(config, args.worker_id)
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from node.work.worker import check_worker_device
 
@@ -102,6 +117,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workers", type=int, help="overrides workers.processes")
     p.add_argument("--http-port", type=int, help="serve the HTTP API on this port (overrides http.port, enables http)")
     p.set_defaults(func=_serve)
+
+    w = sub.add_parser("worker", help="cluster mode: run jobs from the broker (dispatch.engine celery)")
+    add_config_arguments(w)
+    w.add_argument("--worker-id", help="this worker's name in the index's leases (default: host-pid)")
+    w.set_defaults(func=_worker)
 
     c = sub.add_parser("check-config", help="validate a configuration file and exit")
     c.add_argument("file", type=Path)

@@ -127,6 +127,55 @@ class StorageConfig(_Model):
     min_free_disk_mb: int = Field(default=1024, ge=0)
 
 
+_QUEUE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+
+class IndexConfig(_Model):
+    # sqlite: one file in storage.data_dir, one machine (the default). postgresql: one server shared by every
+    # receiver and worker of a cluster, reached by the libpq connection string postgresql_dsn; a password comes
+    # from libpq's own places (PGPASSFILE, ~/.pgpass), never from this file.
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    postgresql_dsn: str = ""
+
+    @model_validator(mode="after")
+    def _dsn_for_postgresql(self) -> IndexConfig:
+        if self.backend == "postgresql" and not self.postgresql_dsn:
+            raise ValueError("postgresql_dsn is required with backend: postgresql")
+        if re.search(r"password\s*=|://[^/@]*:[^/@]*@", self.postgresql_dsn):
+            raise ValueError("postgresql_dsn holds a password: put it in a PGPASSFILE (~/.pgpass) instead")
+        return self
+
+
+class DispatchConfig(_Model):
+    # embedded: the node's own worker processes claim jobs from the index (the default). celery: jobs go to
+    # RabbitMQ queues and `ainode worker` processes on any machine run them (cluster mode: needs
+    # index.backend postgresql and storage.data_dir on storage every receiver and worker mounts).
+    engine: Literal["embedded", "celery"] = "embedded"
+    # amqp://USER@HOST:PORT/VHOST; the password, if any, in broker_password_file (one line).
+    broker_url: str = ""
+    broker_password_file: FilePath | None = None
+    # A queue per device class: jobs of a pipeline go to pipeline_queues[pipeline], else default_queue.
+    pipeline_queues: dict[str, str] = Field(default_factory=dict)
+    default_queue: str = "cpu"
+    # The queues `ainode worker` consumes (its device classes); empty: default_queue.
+    worker_queues: list[str] = Field(default_factory=list)
+    # A queued job published this long ago and still not started is published again (the broker lost it,
+    # or its message waits behind a backlog: a duplicate message is a no-op, the index decides who runs it).
+    republish_after_s: float = Field(default=600.0, gt=0)
+    check_interval_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _broker_for_celery(self) -> DispatchConfig:
+        if self.engine == "celery" and not self.broker_url.startswith("amqp://"):
+            raise ValueError("broker_url (amqp://USER@HOST:PORT/VHOST) is required with engine: celery")
+        if re.search(r"://[^/@]*:[^/@]*@", self.broker_url):
+            raise ValueError("broker_url holds a password: put it in broker_password_file instead")
+        for queue in [self.default_queue, *self.pipeline_queues.values(), *self.worker_queues]:
+            if not _QUEUE_NAME.match(queue):
+                raise ValueError(f"queue {queue!r}: lower-case letters, digits and '-', at most 32")
+        return self
+
+
 class CompletenessConfig(_Model):
     # A series with no new instance for this long is complete, whatever its geometry.
     quiet_period_s: float = Field(default=30.0, gt=0)
@@ -430,6 +479,8 @@ def default_routes() -> list[Route]:
 class NodeConfig(_Model):
     dicom: DicomConfig = Field(default_factory=DicomConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     completeness: CompletenessConfig = Field(default_factory=CompletenessConfig)
     workers: WorkerConfig = Field(default_factory=WorkerConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
@@ -439,6 +490,12 @@ class NodeConfig(_Model):
     followup: FollowupConfig = Field(default_factory=FollowupConfig)
     destinations: dict[DestinationName, DestinationConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=default_routes)
+
+    @model_validator(mode="after")
+    def _cluster_needs_shared_index(self) -> NodeConfig:
+        if self.dispatch.engine == "celery" and self.index.backend != "postgresql":
+            raise ValueError("dispatch.engine celery needs index.backend postgresql (workers on other machines)")
+        return self
 
     @model_validator(mode="after")
     def _routes_consistent(self) -> NodeConfig:

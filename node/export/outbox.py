@@ -242,9 +242,13 @@ class Outbox:
         """Send one batch. Returns (the destination went down, every object of the batch was settled)."""
         bound = log.bind(destination=name)
         with self.db.transaction() as conn:
+            # Re-read under the writer lock: another receiver's outbox (cluster mode) may have taken some.
+            rows = [row for row in rows if deliveries.delivery_state(conn, row.id) in deliveries.WAITING_STATES]
             for row in rows:
                 self._transition(conn, row.id, None, DeliveryState.SENDING, "")
                 deliveries.count_attempt(conn, row.id)
+        if not rows:
+            return False, True
         try:
             report = destination.send([row.path for row in rows])
         except DeliveryError as exc:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
 from node.errors import StoreError
 from node.index.states import (
@@ -25,11 +26,35 @@ from node.index.states import (
     sql_choices,
 )
 
-# The stages type their arguments with these names and never import sqlite3 themselves.
-Connection = sqlite3.Connection
-Row = sqlite3.Row
-# "database is locked" and the like: worth another try after a pause.
-TransientIndexError = sqlite3.OperationalError
+
+# The stages type their arguments with these names and never import sqlite3 (or psycopg) themselves.
+# Both backends hand out objects of this shape: sqlite3's own, or node/index/postgres.py's adapters.
+class Row(Protocol):
+    """A result row: by column name (``row["state"]``) or position (``row[0]``); ``dict(row)``."""
+
+    def keys(self) -> Any: ...
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What a stage may do with the connection of a transaction: run the index's statements."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+
+class IndexUnavailable(StoreError):
+    """The index server cannot be reached (PostgreSQL down, the network between): worth another try later."""
+
+
+# "database is locked", a lost PostgreSQL connection and the like: worth another try after a pause.
+TransientIndexError: tuple[type[Exception], ...] = (sqlite3.OperationalError, IndexUnavailable)
 
 SCHEMA_VERSION = 2
 
@@ -194,14 +219,19 @@ MIGRATIONS = {1: _migrate_1_to_2}
 
 
 class Database:
-    """Thread-safe access to the index: one sqlite3 connection per thread."""
+    """Thread-safe access to the index: one sqlite3 connection per thread.
+
+    The embedded default. :class:`node.index.postgres.PostgresDatabase` is the same API on PostgreSQL
+    (cluster mode); :func:`node.index.open_index` picks one from the config."""
+
+    backend = "sqlite"
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         # executescript manages its own transaction (CREATE ... IF NOT EXISTS is idempotent).
-        conn = self.connection()
+        conn = self._sqlite_connection()
         self._migrate(conn)
         conn.executescript(SCHEMA)
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -235,7 +265,10 @@ class Database:
         """This index's random identity (see the schema set-up above)."""
         return str(self.query("SELECT value FROM meta WHERE key = 'installation_id'")[0]["value"])
 
-    def connection(self) -> sqlite3.Connection:
+    def connection(self) -> Connection:
+        return self._sqlite_connection()
+
+    def _sqlite_connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
@@ -251,9 +284,9 @@ class Database:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """BEGIN IMMEDIATE ... COMMIT: one state change, all or nothing."""
-        conn = self.connection()
+        conn = self._sqlite_connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -266,8 +299,16 @@ class Database:
         else:
             conn.execute("COMMIT")
 
-    def query(self, sql: str, params: tuple[object, ...] | dict[str, object] = ()) -> list[sqlite3.Row]:
-        return list(self.connection().execute(sql, params).fetchall())
+    def query(self, sql: str, params: tuple[object, ...] | dict[str, object] = ()) -> list[Row]:
+        return list(self._sqlite_connection().execute(sql, params).fetchall())
+
+    def writable_problem(self, timeout_s: float = 2) -> str | None:
+        """None when the index takes a write within ``timeout_s``, else the reason (the health check)."""
+        return index_writable(self.path, timeout_s)
+
+    def describe(self) -> str:
+        """Where the index is, for logs (no credentials)."""
+        return str(self.path)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -13,9 +13,9 @@ from node.index.states import DeliveryState
 def queue_delivery(conn: Connection, job_id: int, result_sop_instance_uid: str, destination: str, t: float) -> None:
     """A pending delivery of a result to a destination (once: a retaken job does not queue it twice)."""
     conn.execute(
-        """INSERT OR IGNORE INTO deliveries (job_id, result_sop_instance_uid, destination,
+        """INSERT INTO deliveries (job_id, result_sop_instance_uid, destination,
                state, next_attempt_at, created_at, updated_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?)""",
+           VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
         (job_id, result_sop_instance_uid, destination, DeliveryState.PENDING, t, t, t),
     )
 
@@ -87,6 +87,8 @@ def reset_for_operator_retry(conn: Connection, delivery_id: int, t: float) -> No
 
 # --- result sets and destinations that are down (issue 16) ----------------------------------------
 _WAITING = (DeliveryState.PENDING, DeliveryState.RETRY)
+# Deliveries an outbox may take for sending.
+WAITING_STATES = frozenset(_WAITING)
 
 
 def delivery_destination(conn: Connection, delivery_id: int) -> str:

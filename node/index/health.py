@@ -48,8 +48,8 @@ def track_destinations(db: Database, names: Iterable[str], at: float) -> None:
     with db.transaction() as conn:
         for name in wanted:
             conn.execute(
-                """INSERT OR IGNORE INTO destination_health (destination, state, since, updated_at)
-                   VALUES (?, ?, ?, ?)""",
+                """INSERT INTO destination_health (destination, state, since, updated_at)
+                   VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING""",
                 (name, HealthState.UP, at, at),
             )
         marks = ", ".join("?" for _ in wanted)

@@ -59,12 +59,14 @@ def queue_job(
     destinations: list[str],
 ) -> int:
     """Insert a queued job inside the caller's transaction (series completion is the same change)."""
-    cur = conn.execute(
-        """INSERT INTO jobs (series_uid, study_uid, generation, pipeline, route, destinations, state,
-               created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-        (series_uid, study_uid, generation, pipeline, route, json.dumps(destinations), JobState.QUEUED, now()),
+    # RETURNING, not lastrowid: the same statement on SQLite and PostgreSQL.
+    job_id = int(
+        conn.execute(
+            """INSERT INTO jobs (series_uid, study_uid, generation, pipeline, route, destinations, state,
+                   created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+            (series_uid, study_uid, generation, pipeline, route, json.dumps(destinations), JobState.QUEUED, now()),
+        ).fetchone()[0]
     )
-    job_id = int(cur.lastrowid or 0)
     record_transition(conn, job_id, None, JobState.QUEUED, f"route {route}")
     return job_id
 
@@ -90,16 +92,53 @@ def claim_next_job(db: Database, worker_id: str, lease_s: float, max_attempts: i
         ).fetchone()
         if row is None:
             return None
-        retaken = row["state"] == JobState.RUNNING.value
-        conn.execute(
-            """UPDATE jobs SET state = ?, attempts = attempts + 1, lease_owner = ?,
-                   lease_expires_at = ?, started_at = ? WHERE id = ?""",
-            (JobState.RUNNING, worker_id, t + lease_s, t, row["id"]),
-        )
-        detail = f"worker {worker_id}" + (f"; lease of {row['lease_owner']} expired" if retaken else "")
-        record_transition(conn, row["id"], row["state"], JobState.RUNNING, detail)
-        claimed = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        return _take(conn, row, worker_id, lease_s, t)
+
+
+def _take(conn: Connection, row: Row, worker_id: str, lease_s: float, t: float) -> Job:
+    """Lease a queued job (or one whose lease ran out) to ``worker_id``: one more attempt."""
+    retaken = row["state"] == JobState.RUNNING.value
+    conn.execute(
+        """UPDATE jobs SET state = ?, attempts = attempts + 1, lease_owner = ?,
+               lease_expires_at = ?, started_at = ? WHERE id = ?""",
+        (JobState.RUNNING, worker_id, t + lease_s, t, row["id"]),
+    )
+    detail = f"worker {worker_id}" + (f"; lease of {row['lease_owner']} expired" if retaken else "")
+    record_transition(conn, row["id"], row["state"], JobState.RUNNING, detail)
+    claimed = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
     return Job.from_row(claimed)
+
+
+@dataclass(frozen=True)
+class ClaimRefused:
+    """Why a job named by a broker message was not taken: ``lease_expires_at`` is set while another
+    worker holds it (the message may be a redelivery after that worker died: wait for the lease)."""
+
+    reason: str
+    lease_expires_at: float | None = None
+
+
+def claim_job(db: Database, job_id: int, worker_id: str, lease_s: float, max_attempts: int) -> Job | ClaimRefused:
+    """Lease the job a broker message names (cluster mode), if it is still to be run.
+
+    A message for a job that is done, failed or superseded, or leased to a live worker, is a duplicate (a
+    re-publish, a redelivery): the index, not the broker, decides who runs a job, so it runs once."""
+    t = now()
+    with db.transaction() as conn:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return ClaimRefused(f"no job {job_id}")
+        state = row["state"]
+        if state == JobState.RUNNING.value and row["lease_expires_at"] >= t:
+            return ClaimRefused(f"running on {row['lease_owner']}", float(row["lease_expires_at"]))
+        if state not in (JobState.QUEUED.value, JobState.RUNNING.value):
+            return ClaimRefused(f"already {state}")
+        if state == JobState.RUNNING.value and row["attempts"] >= max_attempts:
+            reason = f"worker {row['lease_owner']} stopped during attempt {row['attempts']} of {max_attempts}"
+            _mark_failed(conn, job_id, t, reason)
+            record_transition(conn, job_id, state, JobState.FAILED, reason)
+            return ClaimRefused(reason)
+        return _take(conn, row, worker_id, lease_s, t)
 
 
 def renew_lease(db: Database, job_id: int, worker_id: str, lease_s: float) -> bool:

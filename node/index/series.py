@@ -68,7 +68,9 @@ def index_instance(conn: Connection, study: StudyRecord, series: SeriesRecord, i
         """INSERT INTO studies (study_uid, patient_name, patient_id, accession_number, study_date,
                study_description, first_received_at, last_received_at)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT(study_uid) DO UPDATE SET last_received_at = max(last_received_at, excluded.last_received_at)""",
+           ON CONFLICT(study_uid) DO UPDATE SET last_received_at = CASE
+               WHEN excluded.last_received_at > studies.last_received_at THEN excluded.last_received_at
+               ELSE studies.last_received_at END""",
         (study.study_uid, study.patient_name, study.patient_id, study.accession_number, study.study_date,
          study.study_description, t, t),
     )  # fmt: skip
@@ -87,9 +89,9 @@ def index_instance(conn: Connection, study: StudyRecord, series: SeriesRecord, i
         reopen_series(conn, series.series_uid, t)
     exists = conn.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (instance.sop_instance_uid,)).fetchone()
     conn.execute(
-        """UPDATE series SET last_received_at = max(last_received_at, ?),
+        """UPDATE series SET last_received_at = CASE WHEN last_received_at < ? THEN ? ELSE last_received_at END,
                instance_count = instance_count + ? WHERE series_uid = ?""",
-        (t, 0 if exists else 1, series.series_uid),
+        (t, t, 0 if exists else 1, series.series_uid),
     )
     ipp, iop = instance.image_position, instance.image_orientation
     conn.execute(
@@ -104,7 +106,8 @@ def index_instance(conn: Connection, study: StudyRecord, series: SeriesRecord, i
                image_position = excluded.image_position,
                image_orientation = excluded.image_orientation,
                received_at = excluded.received_at,
-               replaced_count = replaced_count + (excluded.sha256 != sha256)""",
+               replaced_count = instances.replaced_count
+                   + CASE WHEN excluded.sha256 <> instances.sha256 THEN 1 ELSE 0 END""",
         (instance.sop_instance_uid, series.series_uid, study.study_uid, instance.sop_class_uid,
          instance.transfer_syntax_uid, str(instance.path), instance.size_bytes, instance.sha256,
          instance.instance_number, json.dumps(ipp) if ipp else None, json.dumps(iop) if iop else None,

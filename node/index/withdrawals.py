@@ -69,9 +69,9 @@ def insert_withdrawals(
     inserted = 0
     for uid in sop_instance_uids:
         cur = conn.execute(
-            """INSERT OR IGNORE INTO withdrawals (result_sop_instance_uid, destination, superseding_job_id, method,
+            """INSERT INTO withdrawals (result_sop_instance_uid, destination, superseding_job_id, method,
                    note_sop_instance_uid, state, next_attempt_at, last_error, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
             (uid, destination, job_id, method, note_uid, state, t, error, t, t),
         )
         inserted += int(cur.rowcount)

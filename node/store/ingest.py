@@ -30,7 +30,7 @@ from pydicom.uid import UID
 from node import __version__, metrics
 from node.dicom_attributes import routing_attributes
 from node.errors import InvalidDatasetError, OutOfResourcesError
-from node.index.db import Connection, Database, TransientIndexError, now
+from node.index.db import Connection, Database, IndexUnavailable, TransientIndexError, now
 from node.index.series import InstanceRecord, SeriesRecord, StudyRecord, index_instance
 from node.logging_setup import scrub_values
 from node.store.fast_dicom import encode_file_meta, is_image_storage, parse_header
@@ -145,6 +145,10 @@ class InstanceStore:
         calling_ae: str,
         called_ae: str,
     ) -> StoredInstance:
+        if self.indexer.index_down.is_set():
+            # The index server is unreachable (cluster mode): what is acknowledged must reach the index, so
+            # nothing new is acknowledged until the rows held in memory are written.
+            raise OutOfResourcesError("the index is unavailable; instance refused, send it again later")
         if self.spool.free_bytes() - len(dataset_bytes) < self.min_free_bytes:
             raise OutOfResourcesError(
                 f"free disk below the {self.min_free_bytes // (1024 * 1024)} MB watermark; instance refused"
@@ -231,6 +235,9 @@ class _PendingRow:
     received_at: float
 
 
+INDEX_DOWN_RETRY_S = 1.0
+
+
 class IndexWriter:
     """One thread that writes index rows for stored instances, many per transaction.
 
@@ -247,6 +254,9 @@ class IndexWriter:
         self._outstanding = 0
         # Rows that could not be indexed at all (their files wait in the spool for start-up reconciliation).
         self.failed_rows = 0
+        # Set while the index server cannot be reached: the rows wait here, retried until it is back.
+        self.index_down = threading.Event()
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="index-writer")
         self._thread.start()
 
@@ -260,6 +270,7 @@ class IndexWriter:
             return self._idle.wait_for(lambda: self._outstanding == 0, timeout=timeout_s)
 
     def close(self) -> None:
+        self._closing.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
 
@@ -284,13 +295,26 @@ class IndexWriter:
                 self._idle.notify_all()
 
     def _write(self, batch: list[_PendingRow]) -> None:
-        try:
-            with self.db.transaction() as conn:
-                for row in batch:
-                    _index_row(conn, row)
-            return
-        except Exception:
-            log.warning("index_batch_failed_retrying_each", instances=len(batch), exc_info=True)
+        while True:
+            try:
+                with self.db.transaction() as conn:
+                    for row in batch:
+                        _index_row(conn, row)
+                if self.index_down.is_set():
+                    log.info("index_available_again", instances=len(batch))
+                    self.index_down.clear()
+                return
+            except IndexUnavailable as exc:
+                # Acknowledged rows are kept and retried until the server is back (not dropped to wait for
+                # the next start-up); until then the store refuses new instances (0xA700).
+                if not self.index_down.is_set():
+                    log.error("index_unavailable_holding_rows", instances=len(batch), reason=str(exc))
+                self.index_down.set()
+                if self._closing.wait(INDEX_DOWN_RETRY_S):
+                    break  # stopping: the files are in the spool, start-up reconciliation indexes them
+            except Exception:
+                log.warning("index_batch_failed_retrying_each", instances=len(batch), exc_info=True)
+                break
         # One bad row must not keep the rest of the batch out of the index (the series would look
         # complete without them, or never complete): write each on its own, retrying a busy database.
         for row in batch:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from node.uids import validate_uid
@@ -40,10 +41,17 @@ class Spool:
         """temp file → fsync → rename → fsync(directory). Returns only once the file is durable."""
         write_durably(final_path, chunks, temp_dir=self.incoming)
 
-    def clear_incoming(self) -> int:
-        """Remove temp files left by a crash (never acknowledged, so never promised to anyone)."""
+    def clear_incoming(self, older_than_s: float = 0.0) -> int:
+        """Remove temp files left by a crash (never acknowledged, so never promised to anyone); only those
+        older than ``older_than_s`` when other receivers write into the same spool (cluster mode)."""
         removed = 0
+        cutoff = time.time() - older_than_s
         for leftover in self.incoming.glob("*.part"):
+            try:
+                if older_than_s and leftover.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed

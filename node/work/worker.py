@@ -21,12 +21,13 @@ import pydicom
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from node.config import FollowupConfig, LoggingConfig, NodeConfig, WorkerConfig
+from node.config import FollowupConfig, IndexConfig, LoggingConfig, NodeConfig, WorkerConfig
 from node.errors import ConfigError
-from node.index import deliveries, results, series
-from node.index.db import Database, now
+from node.index import deliveries, open_index, results, series
+from node.index.db import Database, IndexUnavailable, now
 from node.index.jobs import (
     Job,
+    claim_job,
     claim_next_job,
     finish_job_failed,
     job_state_and_lease_owner,
@@ -50,7 +51,15 @@ INDEX_FILENAME = "index.sqlite"  # in storage.data_dir
 
 
 def index_path(config: NodeConfig) -> Path:
+    """The embedded index's file (index.backend sqlite)."""
     return config.storage.data_dir / INDEX_FILENAME
+
+
+def open_configured_index(config: NodeConfig) -> Database:
+    """The index ``config.index`` names: the SQLite file in the data dir, or the PostgreSQL server."""
+    return open_index(
+        backend=config.index.backend, sqlite_path=index_path(config), postgresql_dsn=config.index.postgresql_dsn
+    )
 
 
 class WorkerSettings(BaseModel):
@@ -59,6 +68,7 @@ class WorkerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data_dir: Path
+    index: IndexConfig = IndexConfig()
     workers: WorkerConfig
     logging: LoggingConfig
     pipelines: list[str]  # the routed pipelines: built when the worker starts, not on its first job
@@ -69,6 +79,7 @@ class WorkerSettings(BaseModel):
         routed = sorted({p for route in config.routes for p in route.pipelines})
         return cls(
             data_dir=config.storage.data_dir,
+            index=config.index,
             workers=config.workers,
             logging=config.logging,
             pipelines=routed,
@@ -111,7 +122,11 @@ class Worker:
     def __init__(self, settings: WorkerSettings, worker_id: str) -> None:
         self.settings = settings
         self.worker_id = worker_id
-        self.db = Database(settings.data_dir / INDEX_FILENAME)
+        self.db = open_index(
+            backend=settings.index.backend,
+            sqlite_path=settings.data_dir / INDEX_FILENAME,
+            postgresql_dsn=settings.index.postgresql_dsn,
+        )
         self.spool = Spool(settings.data_dir)
         self._pipelines: dict[str, Pipeline] = {}
         self._stop = threading.Event()
@@ -143,6 +158,31 @@ class Worker:
         job = claim_next_job(self.db, self.worker_id, wc.lease_s, wc.max_attempts)
         if job is None:
             return False
+        self.run_claimed(job)
+        return True
+
+    def run_job_id(self, job_id: int, *, redelivered: bool) -> str:
+        """Cluster mode: run the job a broker message names, if the index says it is still to run.
+
+        A redelivered message (its worker died holding it) may find the job still leased to that worker:
+        it waits for the lease to run out, at most one lease, then takes the job over. Any other message
+        for a job leased to someone, or finished, is a duplicate and is dropped. Returns what happened."""
+        wc = self.settings.workers
+        give_up_at = now() + wc.lease_s + 1
+        while True:
+            claim = claim_job(self.db, job_id, self.worker_id, wc.lease_s, wc.max_attempts)
+            if isinstance(claim, Job):
+                self.run_claimed(claim)
+                return "ran"
+            waiting = redelivered and claim.lease_expires_at is not None and now() < give_up_at
+            if not waiting or claim.lease_expires_at is None:
+                log.info("job_message_dropped", job_id=job_id, reason=claim.reason)
+                return f"dropped: {claim.reason}"
+            self._stop.wait(min(max(claim.lease_expires_at - now(), 0.0) + 0.1, 2.0))
+
+    def run_claimed(self, job: Job) -> None:
+        """Run a job this worker holds the lease of, and record its results (or its failure)."""
+        wc = self.settings.workers
         bound = log.bind(job_id=job.id, series_uid=job.series_uid, pipeline=job.pipeline)
         bound.info("job_started", attempt=job.attempts)
         heartbeat = _LeaseHeartbeat(self.db, job.id, self.worker_id, wc.lease_s)
@@ -150,13 +190,17 @@ class Worker:
         try:
             result, outputs, timings, reading = self._execute(job)
             self._finish(job, result, outputs, timings, reading)
+        except IndexUnavailable:
+            # Not the job's fault: it stays leased, and is run again once the index is back (the lease
+            # runs out; in cluster mode the message is handed back to the broker).
+            bound.warning("job_interrupted_index_unavailable")
+            raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             bound.error("job_failed", reason=reason, traceback=traceback.format_exc(limit=8))
             finish_job_failed(self.db, job.id, reason[:2000])
         finally:
             heartbeat.stop()
-        return True
 
     def _execute(
         self, job: Job
