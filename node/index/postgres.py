@@ -315,13 +315,18 @@ class PostgresDatabase(Database):
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One state change, all or nothing, serialised with every other writer (see the module doc)."""
-        pg = self._pg()
-        try:
-            tx = pg.transaction()
-            tx.__enter__()
-            pg.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
-        except psycopg.OperationalError as exc:
-            raise IndexUnavailable(f"index unavailable: {_first_line(exc)}") from exc
+        for attempt in (1, 2):
+            pg = self._pg()
+            try:
+                tx = pg.transaction()
+                tx.__enter__()
+                pg.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+                break
+            except psycopg.OperationalError as exc:
+                # A connection the server dropped (it restarted) is found out only when used: nothing has been
+                # done in this transaction yet, so one more try on a new connection is safe.
+                if attempt == 2 or not pg.broken:
+                    raise IndexUnavailable(f"index unavailable: {_first_line(exc)}") from exc
         try:
             yield _Connection(pg)
         except BaseException as exc:
@@ -335,7 +340,14 @@ class PostgresDatabase(Database):
                 raise IndexUnavailable(f"index unavailable at commit: {_first_line(exc)}") from exc
 
     def query(self, sql: str, params: tuple[object, ...] | dict[str, object] = ()) -> list[Row]:
-        return list(self.connection().execute(sql, params).fetchall())
+        """A read outside any transaction; retried once on a new connection when the old one was dropped."""
+        try:
+            return list(self.connection().execute(sql, params).fetchall())
+        except IndexUnavailable:
+            conn: psycopg.Connection[_Row] | None = getattr(self._local, "conn", None)
+            if conn is None or not conn.broken:
+                raise
+            return list(self.connection().execute(sql, params).fetchall())
 
     def writable_problem(self, timeout_s: float = 2) -> str | None:
         """None when the server takes the writer lock within ``timeout_s``, else the reason."""
