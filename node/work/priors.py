@@ -213,7 +213,8 @@ def _fetch_dimse(source: PriorSourceConfig, prior: PriorSeries, calling_ae: str,
     try:
         for status, _identifier in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
             if status is None or "Status" not in status:
-                raise PriorRetrievalError(f"{source.name}: C-GET got no response")
+                # Orthanc answers a C-GET it does not allow by aborting the association: no status at all.
+                raise PriorRetrievalError(f"{source.name} refused to send the prior (C-GET aborted, no status)")
             final = int(status.Status)
     finally:
         assoc.release()
