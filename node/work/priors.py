@@ -32,6 +32,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated na
 )
 
 from node.config import PriorSourceConfig
+from node.logging_setup import quiet_pynetdicom
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +101,9 @@ def fetch_series(source: PriorSourceConfig, prior: PriorSeries, *, calling_ae: s
 
 
 def _ae(calling_ae: str, source: PriorSourceConfig) -> AE:
+    # The C-FIND identifier holds the Patient ID, and pynetdicom logs identifiers unless told not to: told
+    # here, before every association, not only when the process configured its logging (the PHI canary test).
+    quiet_pynetdicom()
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = source.timeout_s
     ae.dimse_timeout = source.timeout_s
