@@ -64,9 +64,9 @@ DEFAULT_PLAN = (
 
 def read_background(folder: Path = SIEMENS_CT) -> tuple[list[pydicom.Dataset], npt.NDArray[np.float32]]:
     """The source slices sorted along z and their HU volume (z, y, x)."""
-    datasets = [pydicom.dcmread(p) for p in sorted(folder.iterdir()) if p.is_file()]
+    datasets: list[pydicom.Dataset] = [pydicom.dcmread(p) for p in sorted(folder.iterdir()) if p.is_file()]
     datasets.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
-    hu = np.stack(
+    hu: npt.NDArray[np.float32] = np.stack(
         [ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in datasets]
     )
     return datasets, hu
@@ -96,9 +96,9 @@ def lung_sites(hu: npt.NDArray[np.float32], spacing: tuple[float, float, float],
     return sites
 
 
-def _sphere_alpha(diameter_mm: float, spacing: tuple[float, float, float], centre_frac: npt.NDArray[np.float64]) -> tuple[
-    npt.NDArray[np.float32], tuple[int, int, int]
-]:  # fmt: skip
+def _sphere_alpha(
+    diameter_mm: float, spacing: tuple[float, float, float], centre_frac: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float32], tuple[int, int, int]]:
     """A sphere's partial-volume occupancy around a fractional voxel centre, and its box corner."""
     radius = diameter_mm / 2
     half = [int(np.ceil(radius / s)) + 2 for s in spacing]
@@ -180,7 +180,7 @@ def build_followup_pair(
     prior_date: datetime.date = datetime.date(2025, 11, 20),
     current_date: datetime.date = datetime.date(2026, 11, 20),
     plan: tuple[PlannedNodule, ...] = DEFAULT_PLAN,
-    motion: RigidMotion = RigidMotion(),  # noqa: B008  # frozen dataclass: a constant
+    motion: RigidMotion = RigidMotion(),  # frozen dataclass: a constant
     background: Path = SIEMENS_CT,
     seed: int = 13,
 ) -> tuple[StudyFiles, StudyFiles, list[PlannedNodule]]:
@@ -212,7 +212,9 @@ def build_followup_pair(
     return prior, current, placed
 
 
-def write_other_body_part(out: Path, *, patient_id: str, study_date: datetime.date, background: Path = SIEMENS_CT) -> StudyFiles:
+def write_other_body_part(
+    out: Path, *, patient_id: str, study_date: datetime.date, background: Path = SIEMENS_CT
+) -> StudyFiles:
     """The background as an earlier study labelled with another body part (a head CT, for the header)."""
     sources, hu = read_background(background)
     return _write_study(sources, hu, out, patient_id=patient_id, study_date=study_date, body_part="HEAD")

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
+import httpx
 import numpy as np
 import pydicom
 import pytest
-import httpx
 from structlog.testing import capture_logs
 
 from demo.followup_case import PlannedNodule, StudyFiles, build_followup_pair, write_other_body_part
@@ -30,7 +30,7 @@ from demo.netutil import free_port
 from node.config import FollowupConfig, PriorSourceConfig
 from node.encode import write_results
 from node.work.followup import read_followup
-from node.work.runner import SeriesRun, run_series, source_datasets
+from node.work.runner import SeriesRun, run_series
 from pipelines.base import CTVolume, Pipeline, RuntimeOptions
 from pipelines.followup.assessment import FollowUpReport, PriorOutcome
 from pipelines.followup.lungrads import Category

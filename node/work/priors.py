@@ -32,6 +32,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated na
 )
 
 from node.config import PriorSourceConfig
+from node.logging_setup import quiet_pynetdicom
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +101,9 @@ def fetch_series(source: PriorSourceConfig, prior: PriorSeries, *, calling_ae: s
 
 
 def _ae(calling_ae: str, source: PriorSourceConfig) -> AE:
+    # The C-FIND identifier holds the Patient ID, and pynetdicom logs identifiers unless told not to: told
+    # here, before every association, not only when the process configured its logging (the PHI canary test).
+    quiet_pynetdicom()
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = source.timeout_s
     ae.dimse_timeout = source.timeout_s
@@ -213,7 +217,8 @@ def _fetch_dimse(source: PriorSourceConfig, prior: PriorSeries, calling_ae: str,
     try:
         for status, _identifier in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
             if status is None or "Status" not in status:
-                raise PriorRetrievalError(f"{source.name}: C-GET got no response")
+                # Orthanc answers a C-GET it does not allow by aborting the association: no status at all.
+                raise PriorRetrievalError(f"{source.name} refused to send the prior (C-GET aborted, no status)")
             final = int(status.Status)
     finally:
         assoc.release()
