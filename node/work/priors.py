@@ -166,20 +166,27 @@ def _find_dimse(source: PriorSourceConfig, calling_ae: str, patient_id: str, dat
         series_query.BodyPartExamined = ""
         series_query.NumberOfSeriesRelatedInstances = ""
         for series in _c_find(source, calling_ae, series_query):
-            if str(series.get("Modality", "CT")) != "CT":
-                continue
-            count = series.get("NumberOfSeriesRelatedInstances", None)
-            out.append(
-                PriorSeries(
-                    study_instance_uid=str(study.StudyInstanceUID),
-                    series_instance_uid=str(series.SeriesInstanceUID),
-                    study_date=date,
-                    body_part=str(series.get("BodyPartExamined", "") or "").strip().upper(),
-                    instances=int(count) if count not in (None, "") else None,
-                    source=source.name,
-                )
-            )
+            prior = _prior_series(series, str(study.StudyInstanceUID), date, source)
+            if prior is not None:
+                out.append(prior)
     return out
+
+
+def _prior_series(
+    series: Dataset, study_uid: str, study_date: datetime.date, source: PriorSourceConfig
+) -> PriorSeries | None:
+    """A CT series of a query answer (C-FIND or QIDO-RS, same attributes) as a prior; None for other modalities."""
+    if str(series.get("Modality", "CT")) != "CT":
+        return None
+    count = series.get("NumberOfSeriesRelatedInstances", None)
+    return PriorSeries(
+        study_instance_uid=study_uid,
+        series_instance_uid=str(series.SeriesInstanceUID),
+        study_date=study_date,
+        body_part=str(series.get("BodyPartExamined", "") or "").strip().upper(),
+        instances=int(count) if count not in (None, "") else None,
+        source=source.name,
+    )
 
 
 def _fetch_dimse(source: PriorSourceConfig, prior: PriorSeries, calling_ae: str, folder: Path) -> list[Path]:
@@ -251,20 +258,9 @@ def _find_dicomweb(source: PriorSourceConfig, patient_id: str, dates: str) -> li
                 uid, search_filters={"Modality": "CT"}, fields=["BodyPartExamined", "NumberOfSeriesRelatedInstances"]
             )
             for series_json in found:
-                series = Dataset.from_json(series_json)
-                if str(series.get("Modality", "CT")) != "CT":
-                    continue
-                count = series.get("NumberOfSeriesRelatedInstances", None)
-                out.append(
-                    PriorSeries(
-                        study_instance_uid=uid,
-                        series_instance_uid=str(series.SeriesInstanceUID),
-                        study_date=date,
-                        body_part=str(series.get("BodyPartExamined", "") or "").strip().upper(),
-                        instances=int(count) if count not in (None, "") else None,
-                        source=source.name,
-                    )
-                )
+                prior = _prior_series(Dataset.from_json(series_json), uid, date, source)
+                if prior is not None:
+                    out.append(prior)
         return out
     except Exception as exc:  # requests' errors quote the URL, whose query string holds the Patient ID
         raise PriorRetrievalError(f"{source.name}: QIDO-RS query failed ({type(exc).__name__})") from None
